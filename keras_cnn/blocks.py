@@ -1,0 +1,78 @@
+"""Building blocks shared by the model families, with stable layer names.
+
+Naming scheme: `<prefix>_conv`, `<prefix>_bn`, `<prefix>_act`, `<prefix>_pool`
+for a block called `<prefix>` (`stem`, `stage2`, `stage3_block1` ...), and
+`head_pool`/`head_flatten`, `head_dense<i>`, `head_dropout`, `predictions`.
+"""
+import keras
+from keras import layers
+
+from keras_cnn.augment import augmentation
+
+# PyTorch's BatchNorm2d defaults (momentum 0.1 there = 0.9 here, eps 1e-5): the
+# seeds' recipes were tuned with them, and Keras's 0.99 lags badly in short runs.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def inputs_and_stem(config, *, scale=1.0 / 255):
+    """Input -> `preprocess` (raw pixels to the network's range) -> optional `augment`."""
+    inputs = keras.Input(shape=config["input_shape"], name="image")
+    x = layers.Rescaling(scale, name="preprocess")(inputs)
+    augment = augmentation(config["augment"], image_shape=config["input_shape"], flip=config["flip"])
+    if augment is not None:
+        x = augment(x)
+    return inputs, x
+
+
+def batchnorm(name):
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+
+def activation(kind, name):
+    return layers.Activation(kind, name=name)
+
+
+def conv_bn_act(x, filters, prefix, config, *, stride=1, padding="same", act=True, suffix=""):
+    """`<prefix>_conv<suffix>` -> [BN] -> activation (activation before BN with `bn_after_activation`)."""
+    use_bn = config["batchnorm"]
+    x = layers.Conv2D(
+        filters,
+        config["kernel_size"],
+        strides=stride,
+        padding=padding,
+        use_bias=not use_bn,
+        kernel_initializer=config.get("kernel_initializer", "glorot_uniform"),
+        name=f"{prefix}_conv{suffix}",
+    )(x)
+    after = config.get("bn_after_activation", False)
+    if use_bn and not after:
+        x = batchnorm(f"{prefix}_bn{suffix}")(x)
+    if act:
+        x = activation(config["activation"], f"{prefix}_act{suffix}")(x)
+    if use_bn and after:
+        x = batchnorm(f"{prefix}_bn{suffix}")(x)
+    return x
+
+
+def pool(x, kind, name):
+    """2x2 max or average pooling with stride 2 (floor: odd rows are dropped, as in PyTorch)."""
+    layer = layers.MaxPooling2D if kind == "maxpool" else layers.AveragePooling2D
+    return layer(pool_size=2, strides=2, name=name)(x)
+
+
+def head(x, config, *, num_classes, classifier_activation):
+    """Flatten / global pooling -> dense layers -> dropout -> `predictions` (always float32)."""
+    kind = config["head"]
+    if kind == "flatten":
+        x = layers.Flatten(name="head_flatten")(x)
+    elif kind == "gap":
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    else:
+        x = layers.GlobalMaxPooling2D(name="head_pool")(x)
+    dense_activation = config.get("dense_activation") or config["activation"]
+    for i, units in enumerate(config.get("dense", ()), start=1):
+        x = layers.Dense(units, activation=dense_activation, name=f"head_dense{i}")(x)
+    if config["dropout"] > 0:
+        x = layers.Dropout(config["dropout"], name="head_dropout")(x)
+    return layers.Dense(num_classes, activation=classifier_activation, dtype="float32", name="predictions")(x)

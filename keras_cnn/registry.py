@@ -1,0 +1,154 @@
+"""The model registry: names -> builders, in the style of timm (pure Python at import).
+
+A registered model is a function returning a `Spec`: its family (a module under
+`keras_cnn.models` with `OPTIONS`, `resolve(config, explicit, name)`, `spatial_ops`
+and `build`) and a
+dict of defaults. `build(name, **overrides)` validates the overrides against the
+family's options, merges them over the defaults, checks the feature-map
+arithmetic and only then imports Keras and builds the network.
+"""
+import difflib
+import fnmatch
+import importlib
+import os
+from typing import Callable, NamedTuple
+
+from keras_cnn import options, shapes
+
+_MODELS = {}
+_CATALOGUE_LOADED = False
+_CATALOGUE = ("keras_cnn.models.plain", "keras_cnn.models.resnet")
+
+
+class Spec(NamedTuple):
+    family: str  # module path of the family, e.g. "keras_cnn.models.plain"
+    defaults: dict
+
+
+class Entry(NamedTuple):
+    name: str
+    make_spec: Callable[[], Spec]
+    summary: str
+
+
+def register_model(fn):
+    """Decorator: register `fn` (returning a Spec) under its function name."""
+    name = fn.__name__
+    if name in _MODELS:
+        raise ValueError(f"a model named {name!r} is already registered. Received: name={name!r}")
+    summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+    _MODELS[name] = Entry(name, fn, summary)
+    return fn
+
+
+def _load_catalogue():
+    global _CATALOGUE_LOADED
+    if not _CATALOGUE_LOADED:
+        _CATALOGUE_LOADED = True
+        for module in _CATALOGUE:
+            importlib.import_module(module)
+
+
+def list_models(pattern="*"):
+    """Sorted names of the registered models matching a shell-style wildcard."""
+    _load_catalogue()
+    return sorted(name for name in _MODELS if fnmatch.fnmatchcase(name, pattern))
+
+
+def _entry(name):
+    _load_catalogue()
+    if name in _MODELS:
+        return _MODELS[name]
+    close = difflib.get_close_matches(str(name), _MODELS, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(
+        f"Unknown model {name!r}.{hint} `keras_cnn.list_models()` or `keras-cnn list` shows them all. "
+        f"Received: name={name!r}"
+    )
+
+
+def _family(name):
+    return importlib.import_module(_entry(name).make_spec().family)
+
+
+def valid_options(name):
+    """The overrides model `name` accepts, with their validators."""
+    defaults = _entry(name).make_spec().defaults
+    checks = {**options.COMMON, **_family(name).OPTIONS}
+    return {key: check for key, check in checks.items() if key in defaults}
+
+
+def resolve(name, overrides=None):
+    """The validated, merged configuration of model `name` with `overrides`."""
+    config = dict(_entry(name).make_spec().defaults)
+    valid = valid_options(name)
+    for key, value in (overrides or {}).items():
+        if key not in valid:
+            raise ValueError(
+                f"{name} does not take the option {key!r}; it takes: {', '.join(sorted(valid))}. "
+                f"Received: {key}={value!r}"
+            )
+        config[key] = valid[key](key, value)
+    explicit = set(overrides or ())
+    options.require(name, explicit, config, "flip", config["augment"] != "none", "without augmentation (`augment`)")
+    return _family(name).resolve(config, explicit=explicit, name=name)
+
+
+def model_info(name, **overrides):
+    """What a model is, without building it: family, defaults, options and the smallest input."""
+    config = resolve(name, overrides)
+    side = shapes.smallest_side(_family(name).spatial_ops(config))
+    return {
+        "name": name,
+        "summary": _entry(name).summary,
+        "family": _family(name).__name__.rsplit(".", 1)[-1],
+        "input_shape": config["input_shape"],
+        "smallest_input": (side, side),
+        "options": sorted(valid_options(name)),
+        "config": config,
+    }
+
+
+def markdown_table(names=None):
+    """The catalogue as Markdown: one row per model, then each family's options (the README shows this)."""
+    lines = ["| model | family | default input | smallest input | what it is |", "|---|---|---|---|---|"]
+    families = {}
+    for name in names or list_models():
+        info = model_info(name)
+        shape, side = "x".join(map(str, info["input_shape"])), info["smallest_input"][0]
+        lines.append(f"| `{name}` | {info['family']} | {shape} | {side}x{side} | {info['summary']} |")
+        families.setdefault(info["family"], info["options"])
+    lines.append("")
+    for family, names_ in families.items():
+        lines.append(f"Options of the `{family}` family: {', '.join(f'`{o}`' for o in names_)}.")
+    return "\n".join(lines)
+
+
+def build(name, *, input_shape=None, num_classes=10, weights=None, classifier_activation="softmax", **overrides):
+    """Build zoo model `name` as a Functional `keras.Model`.
+
+    Args:
+        name: a registered model name (see `list_models()`).
+        input_shape: (height, width, channels) of the raw-pixel input; defaults to the seed's.
+        num_classes: output units; 1 gives a single sigmoid unit for binary problems.
+        weights: None, or the path of a `.weights.h5` file saved from the same architecture.
+        classifier_activation: "softmax" (default), "sigmoid", or None for logits.
+        **overrides: variant options (`batchnorm`, `dropout`, `head`, ... see `model_info`).
+    """
+    config = resolve(name, overrides)
+    if input_shape is not None:
+        config["input_shape"] = options.input_shape(input_shape)
+    num_classes = options.num_classes(num_classes)
+    classifier_activation = options.classifier_activation(classifier_activation)
+    if num_classes == 1 and classifier_activation == "softmax":
+        classifier_activation = "sigmoid"  # softmax over one unit is constant 1
+    if weights is not None and not os.path.isfile(str(weights)):
+        raise FileNotFoundError(f"weights file not found: {weights}. Received: weights={weights!r}")
+    family = _family(name)
+    shapes.check(name, family.spatial_ops(config), config["input_shape"])
+    model = family.build(config, name=name, num_classes=num_classes, classifier_activation=classifier_activation)
+    if weights is not None:
+        from keras_cnn.io import load_weights
+
+        load_weights(model, weights)
+    return model

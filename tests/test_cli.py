@@ -1,0 +1,61 @@
+"""The `keras-cnn` command line: fast listing, describe, one-line errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from keras_cnn import cli
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "keras_cnn.cli", *args], capture_output=True, text=True)
+
+
+def test_list_prints_every_model_with_its_input_shape(capsys):
+    assert cli.main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 8 and lines[0].startswith("compact") and "32x32x3" in lines[0]
+    assert any(line.startswith("mnist_cnn") and "28x28x1" in line for line in lines)
+
+
+def test_list_filters_and_json(capsys):
+    assert cli.main(["list", "res*", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in info] == ["resnet18", "resnet34"]
+    assert info[0]["smallest_input"] == [1, 1]
+
+
+def test_describe_with_overrides(capsys):
+    assert cli.main(["describe", "small", "--input-shape", "16", "16", "1", "--set", "filters=[8,16]",
+                     "--set", "head=gap"]) == 0
+    out = capsys.readouterr().out
+    assert "stage2_conv" in out and "8x8x16" in out and "GlobalAveragePooling2D" in out
+    assert "small: input 16x16x1" in out
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["describe", "smal"], "Unknown model 'smal'. Did you mean 'small'"),
+        (["describe", "lenet", "--input-shape", "8", "8", "3"], "the smallest input is 16x16"),
+        (["describe", "small", "--set", "dropout=1.5"], "Received: dropout=1.5"),
+        (["describe", "small", "--set", "dropout"], "--set takes key=value"),
+        (["list", "zz*"], "no model matches 'zz*'"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_status_2(args, fragment):
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback():
+    result = run("--debug", "describe", "smal")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_help_lists_the_commands():
+    result = run("--help")
+    assert result.returncode == 0 and "list" in result.stdout and "describe" in result.stdout

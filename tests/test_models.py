@@ -1,0 +1,218 @@
+"""Every registered model, built for real: the model contract, training, saving, every override.
+
+Parametrized over `list_models()`, so a newly registered model is tested without a new test.
+Models are built small (`width`) and at small inputs to keep the suite fast.
+"""
+import functools
+
+import keras
+import numpy as np
+import pytest
+
+import keras_cnn
+from keras_cnn import registry
+
+MODELS = keras_cnn.list_models()
+SMALL = {"resnet18": {"width": 0.125}, "resnet34": {"width": 0.125}, "deeper": {"width": 0.25}}
+# resnet34 is resnet18 with more blocks: its slow graph-tracing tests run with `pytest -m slow`.
+HEAVY = {"resnet34"}
+
+
+def each_model(names=MODELS):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in names]
+
+
+def tiny(name, **overrides):
+    """A fast variant of `name`: narrow, at a small input that still passes the shape check."""
+    side = max(keras_cnn.model_info(name, **overrides)["smallest_input"][0], 12)
+    return keras_cnn.build(name, input_shape=(side, side + 2, 3), **{**SMALL.get(name, {}), **overrides})
+
+
+def images(model, n=4, seed=0):
+    shape = (n, *model.input_shape[1:])
+    return np.random.default_rng(seed).uniform(0, 255, shape).astype("float32")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_default_build_follows_the_contract(name):
+    model = keras_cnn.build(name)
+    info = keras_cnn.model_info(name)
+    assert isinstance(model, keras.Model) and model.__class__.__name__ == "Functional"
+    assert tuple(model.input_shape[1:]) == info["input_shape"]
+    assert model.output_shape == (None, 10)
+    assert model.layers[1].name == "preprocess"
+    assert model.get_layer("predictions").dtype_policy.compute_dtype == "float32"
+    out = model(images(model, 2), training=False)
+    np.testing.assert_allclose(np.sum(out, axis=1), 1.0, rtol=1e-5)  # softmax
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_spatial_plan_matches_the_built_layers(name):
+    """The pure-Python shape check walks the same layers, with the same sizes, as the real model."""
+    model = tiny(name)
+    config = registry.resolve(name, SMALL.get(name, {}))
+    height = model.input_shape[1]
+    from keras_cnn.shapes import output_size
+
+    for op in registry._family(name).spatial_ops(config):
+        height = output_size(height, op)
+        assert model.get_layer(op.name).output.shape[1] == height, op.name
+
+
+@pytest.mark.parametrize("name", each_model())
+def test_non_default_shape_trains_one_step(name):
+    model = tiny(name, augment="basic")
+    model.compile(optimizer="sgd", loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+    x = images(model)
+    y = keras.utils.to_categorical(np.arange(4) % 10, 10)
+    loss = model.train_on_batch(x, y, return_dict=True)["loss"]
+    assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("name", each_model())
+def test_keras_file_round_trip_in_safe_mode(name, tmp_path):
+    model = tiny(name, augment="strong")
+    x = images(model)
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_config_round_trip(name):
+    model = tiny(name)
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    x = images(model)
+    np.testing.assert_allclose(clone(x, training=False), model(x, training=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", each_model())
+def test_weights_file_loads_into_the_same_architecture_only(name, tmp_path):
+    model = tiny(name)
+    path = str(tmp_path / "w.weights.h5")
+    model.save_weights(path)
+    side = model.input_shape[1]
+    again = keras_cnn.build(name, input_shape=model.input_shape[1:], weights=path, **SMALL.get(name, {}))
+    x = images(model)
+    np.testing.assert_allclose(again(x, training=False), model(x, training=False), atol=1e-6)
+    with pytest.raises(ValueError, match=f"cannot load weights from .* into {name}"):
+        keras_cnn.build(name, input_shape=(side, side, 3), weights=path, num_classes=3, **SMALL.get(name, {}))
+
+
+def alternatives(name):
+    """One non-default value for every option the model takes."""
+    config = registry.resolve(name)
+    picks = {
+        "batchnorm": not config.get("batchnorm"),
+        "dropout": 0.3,
+        "head": "gmp" if config.get("head") != "gmp" else "flatten",
+        "activation": "gelu",
+        "filters": [4] * len(config["stage_filters"]),
+        "stages": len(config["stage_filters"]) + 1,
+        "width": 0.5,
+        "kernel_size": 5 if config.get("kernel_size") != 5 else 3,
+        "downsample": "avgpool" if config.get("downsample") != "avgpool" else "stride",
+        "augment": "cutout",
+        "flip": False,
+        "padding": "valid" if config.get("padding") == "same" else "same",
+        "stem": 8,
+        "dense": [16],
+        "dense_activation": "leaky_relu",
+        "bn_after_activation": not config.get("bn_after_activation"),
+        "pool_last": not config.get("pool_last"),
+        "blocks": [1] * len(config["stage_filters"]),
+    }
+    options = registry.valid_options(name)
+    assert set(options) <= set(picks), f"no test value for {set(options) - set(picks)}"
+    return [(option, picks[option]) for option in sorted(options)]
+
+
+# Options that act only together with another one: the partner that makes them matter.
+PARTNERS = {"flip": {"augment": "basic"}, "dense_activation": {"dense": [16]}, "bn_after_activation": {"batchnorm": True}}
+
+
+@functools.cache
+def baseline_config(name, partner_items):
+    return tiny(name, **dict(partner_items)).get_config()
+
+
+@pytest.mark.parametrize(
+    "name, option, value",
+    [pytest.param(n, o, v, marks=[pytest.mark.slow] if n in HEAVY else []) for n in MODELS for o, v in alternatives(n)],
+)
+def test_every_override_changes_the_architecture(name, option, value):
+    partner = PARTNERS.get(option, {})
+    model = tiny(name, **partner, **{option: value})
+    assert model.output_shape == (None, 10)
+    assert model.get_config() != baseline_config(name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                                                                    for k, v in partner.items())))
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"flip": False}, "small: `flip` has no effect without augmentation"),
+        ({"dense_activation": "gelu", "dense": []}, "small: `dense_activation` has no effect without dense layers"),
+        ({"bn_after_activation": True, "batchnorm": False}, "small: `bn_after_activation` has no effect without"),
+    ],
+)
+def test_overrides_without_effect_are_refused(overrides, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        keras_cnn.build("small", **overrides)
+
+
+def layer_types(model):
+    return {type(layer).__name__ for layer in model.layers}
+
+
+def test_overrides_do_what_they_say():
+    assert "BatchNormalization" not in layer_types(keras_cnn.build("small", batchnorm=False))
+    assert "GlobalAveragePooling2D" in layer_types(keras_cnn.build("small", head="gap"))
+    assert keras_cnn.build("small", dropout=0.5).get_layer("head_dropout").rate == 0.5
+    assert keras_cnn.build("small", activation="gelu").get_layer("stage1_act").get_config()["activation"] == "gelu"
+    assert keras_cnn.build("small", filters=[8, 16]).get_layer("stage2_conv").filters == 16
+    assert keras_cnn.build("small", width=0.5).get_layer("stage2_conv").filters == 32
+    assert keras_cnn.build("small", kernel_size=5).get_layer("stage1_conv").kernel_size == (5, 5)
+    strided = keras_cnn.build("small", downsample="stride")
+    assert strided.get_layer("stage1_conv").strides == (2, 2) and "MaxPooling2D" not in layer_types(strided)
+    assert "AveragePooling2D" in layer_types(keras_cnn.build("small", downsample="avgpool"))
+    assert keras_cnn.build("small", augment="basic").layers[2].name == "augment"
+    assert len(keras_cnn.build("resnet18", stages=2, width=0.125).get_layer("stage2_block2_conv2").output.shape) == 4
+
+
+def test_seed_architectures_have_the_seeds_parameter_counts():
+    """Counted by hand from the seeds' PyTorch definitions (Keras adds 2 BN statistics per channel)."""
+    lenet = 3 * 25 * 6 + 6 + 6 * 25 * 16 + 16 + 400 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10
+    assert keras_cnn.build("lenet").count_params() == lenet == 62006
+    mnist = 9 * 32 + 32 + 9 * 32 * 64 + 64 + 1600 * 128 + 128 + 128 * 10 + 10
+    assert keras_cnn.build("mnist_cnn").count_params() == mnist
+    simple = 27 * 16 + 16 + 9 * 16 * 32 + 32 + 32 * 16 * 16 * 128 + 128 + 1290
+    assert keras_cnn.build("simple").count_params() == simple
+    # SmallCNN without the conv biases that BatchNorm cancels: 4 BN values per channel.
+    small = 27 * 32 + 4 * 32 + 9 * 32 * 64 + 4 * 64 + 64 * 8 * 8 * 128 + 128 + 1290
+    assert keras_cnn.build("small").count_params() == small
+    deeper = 27 * 64 + 9 * 64 * 64 + 9 * 64 * 128 + 9 * 128 * 256 + 4 * (64 + 64 + 128 + 256) + 256 * 10 + 10
+    assert keras_cnn.build("deeper").count_params() == deeper
+
+
+def test_binary_and_logit_heads():
+    binary = keras_cnn.build("small", num_classes=1)
+    assert binary.output_shape == (None, 1)
+    assert binary.get_layer("predictions").get_config()["activation"] == "sigmoid"
+    logits = keras_cnn.build("small", classifier_activation=None)
+    out = logits(images(logits, 2), training=False)
+    assert not np.allclose(np.sum(out, axis=1), 1.0)
+
+
+def test_predictions_stay_float32_under_mixed_precision():
+    previous = keras.mixed_precision.dtype_policy()
+    try:
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+        model = keras_cnn.build("small", input_shape=(16, 16, 3))
+        assert model.get_layer("stage1_conv").compute_dtype == "bfloat16"
+        assert model(images(model, 2), training=False).dtype == "float32"
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)

@@ -1,0 +1,132 @@
+"""The registry's pure-Python side: names, wildcards, validation and shape arithmetic."""
+import subprocess
+import sys
+
+import pytest
+
+import keras_cnn
+from keras_cnn import registry, shapes
+from keras_cnn.shapes import Op
+
+SEED_MODELS = {"lenet", "mnist_cnn", "simple", "small", "deeper", "compact", "resnet18", "resnet34"}
+
+
+def test_catalogue_has_every_seed_architecture_sorted():
+    names = keras_cnn.list_models()
+    assert SEED_MODELS <= set(names)
+    assert names == sorted(names)
+
+
+def test_list_models_wildcards():
+    assert keras_cnn.list_models("res*") == ["resnet18", "resnet34"]
+    assert keras_cnn.list_models("*net*") == ["lenet", "resnet18", "resnet34"]
+    assert keras_cnn.list_models("nothing*") == []
+
+
+def test_registering_a_name_twice_is_an_error():
+    def small():
+        """A second model called small."""
+
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_model(small)
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(ValueError, match=r"Did you mean 'small'.*keras-cnn list.*Received: name='smal'"):
+        keras_cnn.build("smal")
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"dropout": 1.5}, "Received: dropout=1.5"),
+        ({"dropout": -0.1}, "Received: dropout=-0.1"),
+        ({"dropout": "high"}, "Received: dropout='high'"),
+        ({"batchnorm": 1}, "Received: batchnorm=1"),
+        ({"head": "avg"}, "Received: head='avg'"),
+        ({"activation": "tanh"}, "Received: activation='tanh'"),
+        ({"filters": []}, "Received: filters=[]"),
+        ({"filters": [32, 0]}, "Received: filters=[32, 0]"),
+        ({"filters": 32}, "Received: filters=32"),
+        ({"stages": 0}, "Received: stages=0"),
+        ({"width": 0}, "Received: width=0"),
+        ({"kernel_size": 0}, "Received: kernel_size=0"),
+        ({"downsample": "conv"}, "Received: downsample='conv'"),
+        ({"augment": "heavy"}, "Received: augment='heavy'"),
+        ({"bogus": 1}, "small does not take the option 'bogus'; it takes: activation, augment"),
+        ({"filters": [8, 16, 32], "stages": 2}, "Received: filters=(8, 16, 32), stages=2"),
+    ],
+)
+def test_invalid_overrides_fail_before_building(overrides, fragment):
+    with pytest.raises(ValueError) as info:
+        registry.resolve("small", overrides)
+    assert fragment in str(info.value)
+
+
+def test_family_specific_option_is_refused_elsewhere():
+    with pytest.raises(ValueError, match="resnet18 does not take the option 'padding'"):
+        registry.resolve("resnet18", {"padding": "valid"})
+    with pytest.raises(ValueError, match="Received: blocks=\\(1, 1\\)"):
+        registry.resolve("resnet18", {"blocks": [1, 1]})
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"input_shape": (32, 32)}, "Received: input_shape=\\(32, 32\\)"),
+        ({"input_shape": (1, 32, 32, 3)}, "Received: input_shape=\\(1, 32, 32, 3\\)"),
+        ({"input_shape": (0, 32, 3)}, "Received: input_shape=\\(0, 32, 3\\)"),
+        ({"input_shape": (-4, 32, 3)}, "Received: input_shape=\\(-4, 32, 3\\)"),
+        ({"num_classes": 0}, "Received: num_classes=0"),
+        ({"classifier_activation": "relu"}, "Received: classifier_activation='relu'"),
+    ],
+)
+def test_invalid_builder_arguments(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        keras_cnn.build("small", **kwargs)
+
+
+def test_missing_weights_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        keras_cnn.build("small", weights=str(tmp_path / "nope.weights.h5"))
+
+
+def test_collapsing_feature_map_names_layer_numbers_and_smallest_input():
+    with pytest.raises(ValueError) as info:
+        keras_cnn.build("lenet", input_shape=(12, 12, 3))
+    message = str(info.value)
+    # 12 -> conv 5x5 -> 8 -> pool -> 4 -> conv 5x5 -> 0
+    assert message.startswith("lenet: stage2_conv would output 0x0 from 4x4 with a 5x5 kernel")
+    assert "the smallest input is 16x16" in message
+    assert message.endswith("Received: input_shape=(12, 12, 3)")
+
+
+@pytest.mark.parametrize("name", sorted(SEED_MODELS))
+def test_smallest_input_is_exact(name):
+    info = keras_cnn.model_info(name)
+    side = info["smallest_input"][0]
+    ops = registry._family(name).spatial_ops(info["config"])
+    assert shapes.collapses(side, ops) is None
+    if side > 1:
+        assert shapes.collapses(side - 1, ops) is not None
+
+
+def test_output_size_follows_keras_rules():
+    assert shapes.output_size(7, Op("c", 3, 2, "valid")) == 3  # seed 004: (7 - 3) / 2 + 1
+    assert shapes.output_size(7, Op("c", 3, 5, "valid")) == 1  # 1.8 floors to 1 (pixels dropped)
+    assert shapes.output_size(7, Op("c", 3, 2, "same")) == 4
+    assert shapes.output_size(2, Op("c", 3, 1, "valid")) == 0
+
+
+def test_stages_extend_and_truncate_filters():
+    assert registry.resolve("small", {"stages": 3})["stage_filters"] == (32, 64, 128)
+    assert registry.resolve("deeper", {"stages": 1})["stage_filters"] == (64,)
+    assert registry.resolve("small", {"width": 0.5})["stage_filters"] == (16, 32)
+    assert registry.resolve("resnet18", {"stages": 2})["stage_blocks"] == (2, 2)
+
+
+def test_import_and_list_do_not_import_tensorflow():
+    code = "import sys, keras_cnn; keras_cnn.list_models(); keras_cnn.model_info('small');" \
+           "from keras_cnn import cli; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

@@ -1,0 +1,1 @@
+"""Hyperparameter search over keras_cnn builders with keras-tuner."""
