@@ -7,7 +7,9 @@ import importlib
 
 __version__ = "0.1.0"
 
-# Public name -> "module:attribute", resolved on first access (PEP 562).
+# Public name -> "module:attribute", resolved on first access (PEP 562). Modules are
+# named for what they hold (training, evaluation, ...) so that a submodule import never
+# replaces the function of the same name on the package.
 _LAZY = {
     "build": "keras_cnn.registry:build",
     "list_models": "keras_cnn.registry:list_models",
@@ -15,6 +17,11 @@ _LAZY = {
     "register_model": "keras_cnn.registry:register_model",
     "describe": "keras_cnn.analysis:describe",
     "load_data": "keras_cnn.data:load_data",
+    "load": "keras_cnn.io:load",
+    "train": "keras_cnn.training:train",
+    "evaluate": "keras_cnn.evaluation:evaluate",
+    "export": "keras_cnn.export:export",
+    "predict": "keras_cnn.predict:predict",
     "reference": "keras_cnn.reference",
 }
 

@@ -6,11 +6,36 @@ one line (`keras-cnn: error: ...`, exit status 2); `--debug` shows the traceback
 """
 import argparse
 import json
+import logging
 import os
 import sys
 
-# Errors that describe bad input rather than a bug: shown as one line.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# Errors that describe bad input (or a diverged run) rather than a bug: shown as one line.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, RuntimeError)
+
+# `keras-cnn train` options: name -> (flags, argparse keywords). The names are `keras_cnn.train` keywords,
+# so `--config RUN/config.json` can fill any of them from a previous run.
+TRAIN_OPTIONS = {
+    "epochs": (("--epochs",), dict(type=int, help="training epochs (default 30)")),
+    "batch_size": (("--batch-size",), dict(type=int, help="batch size (default 128)")),
+    "recipe": (("--recipe",), dict(choices=("sgd", "adam"), help="sgd: seed 003's SGD momentum 0.9, lr 0.1 "
+                                   "cosine, L2 5e-4 (default); adam: Adam 1e-3")),
+    "learning_rate": (("--lr",), dict(type=float, help="peak learning rate (default: the recipe's)")),
+    "label_smoothing": (("--label-smoothing",), dict(type=float, help="label smoothing, e.g. 0.1")),
+    "precision": (("--precision",), dict(choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+                                         help="auto (default) measures what is fastest on this machine")),
+    "mixup": (("--mixup",), dict(type=float, help="MixUp alpha on batches, e.g. 0.2 (default off)")),
+    "cutmix": (("--cutmix",), dict(type=float, help="CutMix strength on batches, e.g. 1.0 (default off)")),
+    "seed": (("--seed",), dict(type=int, help="seed for weights, data order and augmentation (default 0)")),
+    "early_stopping": (("--early-stopping",), dict(type=int, metavar="PATIENCE", help="stop after PATIENCE "
+                                                   "epochs without improvement")),
+    "tensorboard": (("--tensorboard",), dict(action="store_true", default=None, help="write TensorBoard logs")),
+    "strategy": (("--strategy",), dict(choices=("mirrored",), help="data-parallel training over local devices")),
+    "class_weights": (("--class-weights",), dict(action="store_true", default=None,
+                                                 help="weight classes by inverse frequency (imbalanced data)")),
+    "input_shape": (("--input-shape",), dict(type=int, nargs=3, metavar=("H", "W", "C"),
+                                             help="model input (default: the data's, resized up if needed)")),
+}
 
 
 def _quiet_tensorflow():
@@ -58,6 +83,73 @@ def cmd_describe(args):
     print(summary.to_json() if args.json else summary)
 
 
+def _configure_logging():
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("keras_cnn")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _data_options(args):
+    return {key: value for key, value in (("val_fraction", args.val_fraction), ("image_size", args.image_size),
+                                          ("data_dir", args.data_dir)) if value is not None}
+
+
+def cmd_train(args):
+    _quiet_tensorflow()
+    from keras_cnn.training import train
+
+    kwargs = {"data": "digits"}
+    if args.config:
+        with open(args.config) as handle:
+            previous = json.load(handle)
+        arguments = dict(previous["arguments"])
+        for ignored in ("out", "resume", "verbose"):  # a rerun gets a new folder and its own progress bar
+            arguments.pop(ignored, None)
+        kwargs.update(arguments.pop("overrides", None) or {}, **arguments)
+        kwargs.update(model=previous["model"], data=previous["data"])
+    elif not args.model:
+        raise ValueError("name a model to train (see `keras-cnn list`) or pass --config RUN_DIR/config.json")
+    if args.model:
+        kwargs["model"] = args.model
+    if args.data:
+        kwargs["data"] = args.data
+    kwargs.update({name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None})
+    kwargs.update(_overrides(args.set))
+    if args.augment is not None:
+        kwargs["augment"] = args.augment
+    if args.no_flip:
+        kwargs["flip"] = False
+    if _data_options(args):
+        kwargs["data_options"] = {**(kwargs.get("data_options") or {}), **_data_options(args)}
+    run = train(kwargs.pop("model"), kwargs.pop("data"), out=args.out, resume=args.resume, **kwargs)
+    print(run.metrics)
+    print(f"\nrun folder: {run.path}")
+
+
+def cmd_evaluate(args):
+    _quiet_tensorflow()
+    from keras_cnn.evaluation import evaluate
+    from keras_cnn.io import load
+
+    run = load(args.run)
+    data = None
+    if args.data or _data_options(args):
+        from keras_cnn.data import load_data
+
+        data = load_data(args.data or run.config["data"], **{**run.config.get("data_options", {}),
+                                                             **_data_options(args)})
+    print(evaluate(run, data, split=args.split))
+
+
+def _add_data_arguments(s, default_note):
+    s.add_argument("--data", metavar="SPEC", help=f"'digits', 'tfds:NAME[:CONFIG]', 'folder:PATH' ({default_note})")
+    s.add_argument("--val-fraction", type=float, help="validation share carved from train when the data has none")
+    s.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images when loading")
+    s.add_argument("--data-dir", help="tensorflow-datasets folder holding prepared data sets")
+
+
 def parser():
     p = argparse.ArgumentParser(
         prog="keras-cnn",
@@ -73,7 +165,7 @@ def parser():
     s.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'res*' (default: all)")
     s.add_argument("--json", action="store_true", help="print full model information as JSON")
     s.add_argument("--markdown", action="store_true", help="print the model table for the README")
-    s.set_defaults(run=cmd_list)
+    s.set_defaults(handler=cmd_list)
 
     s = sub.add_parser("describe", help="per-layer shapes, parameters, MACs and receptive fields",
                        description="Build a model and print one row per layer: output shape, kernel and stride, "
@@ -83,14 +175,41 @@ def parser():
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="variant override, e.g. --set head=gap --set filters=[16,32] (repeatable)")
     s.add_argument("--json", action="store_true", help="print the table as JSON")
-    s.set_defaults(run=cmd_describe)
+    s.set_defaults(handler=cmd_describe)
+
+    s = sub.add_parser("train", help="train a model and write a run folder",
+                       description="Train a zoo model on a data set. Writes saved_models/<model>-<data>-<time>/ "
+                       "(model.keras, config.json, labels.txt, history.csv, metrics.json, curves.png, "
+                       "confusion_matrix.png, README.md). With no options: `small` on the offline digits data.",
+                       epilog="Examples: keras-cnn train small | keras-cnn train deeper --data folder:/data/cifar10 "
+                       "--epochs 30 --augment basic --recipe sgd --out saved_models/deeper-cifar10")
+    s.add_argument("model", nargs="?", help="a registered model name (see `keras-cnn list`)")
+    _add_data_arguments(s, "default: digits, offline")
+    for name, (flags, keywords) in TRAIN_OPTIONS.items():
+        s.add_argument(*flags, dest=name, **keywords)
+    s.add_argument("--augment", choices=("none", "basic", "strong", "cutout"), help="augmentation preset")
+    s.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model override, e.g. --set dropout=0.3")
+    s.add_argument("--out", help="run folder (default saved_models/<model>-<data>-<time>)")
+    s.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    s.add_argument("--config", metavar="CONFIG_JSON", help="rerun a previous run: RUN_DIR/config.json")
+    s.set_defaults(handler=cmd_train)
+
+    s = sub.add_parser("evaluate", help="evaluate a run folder on its test split (or other data)",
+                       description="Accuracy, top-5, loss, per-class precision/recall/F1 and the confusion matrix. "
+                       "On the run's own test data this also rewrites its metrics.json and confusion_matrix.png.")
+    s.add_argument("run", help="a run folder written by `keras-cnn train`")
+    _add_data_arguments(s, "default: the run's own data")
+    s.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
+    s.set_defaults(handler=cmd_evaluate)
     return p
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    _configure_logging()
     try:
-        args.run(args)
+        args.handler(args)
     except USER_ERRORS as error:
         if args.debug:
             raise

@@ -61,6 +61,7 @@ class ImageData:
     class_names: list[str]
     image_shape: tuple[int, int, int]
     seed: int = 0
+    spec: str | None = dataclasses.field(default=None, init=False)
     _splits: dict[str, _Split] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -163,16 +164,20 @@ def load_data(spec, *, val_fraction=0.1, test_fraction=0.2, seed=0, data_dir=Non
     if isinstance(spec, tuple) and len(spec) == 2:
         return _from_arrays("arrays", *spec, class_names=class_names, **options)
     scheme, _, rest = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    data = None
     if scheme == "digits" and not rest:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         x = digits.images.astype(np.float32) * (255.0 / 16.0)
-        return _from_arrays("digits", x, digits.target, class_names=[str(d) for d in range(10)], **options)
-    if scheme == "tfds" and rest:
-        return _from_tfds(spec, rest, data_dir, **options)
-    if scheme == "folder" and rest:
-        return _from_folder(spec, rest, **options)
+        data = _from_arrays("digits", x, digits.target, class_names=[str(d) for d in range(10)], **options)
+    elif scheme == "tfds" and rest:
+        data = _from_tfds(spec, rest, data_dir, **options)
+    elif scheme == "folder" and rest:
+        data = _from_folder(spec, rest, **options)
+    if data is not None:
+        data.spec = spec  # the string that loads this data again (None for arrays)
+        return data
     shown = repr(spec) if isinstance(spec, str) else f"<{type(spec).__name__}>"
     raise ValueError(f"Unknown data spec, expected {_SPEC_HELP}. Received: spec={shown}")
 

@@ -1,6 +1,77 @@
-"""Loading and saving of models and weights with clear errors and atomic writes."""
+"""Loading and saving: safe model loading, run folders, atomic writes.
+
+Every file this project writes goes to a temporary name in the same folder
+first and is moved into place with `os.replace`, so an interrupted run never
+leaves a half-written `model.keras` or JSON file under its final name.
+"""
+import contextlib
+import dataclasses
+import json
 import os
 import tempfile
+
+RUN_FILES = ("model.keras", "config.json", "labels.txt")
+
+
+@contextlib.contextmanager
+def atomic_path(final_path):
+    """Yield a temporary path next to `final_path`; on success move it into place, else delete it."""
+    folder, base = os.path.split(os.path.abspath(final_path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=os.path.splitext(base)[1] or ".tmp", dir=folder)
+    os.close(handle)
+    try:
+        yield temporary
+        os.replace(temporary, final_path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_text(path, text):
+    with atomic_path(path) as temporary, open(temporary, "w") as handle:
+        handle.write(text)
+
+
+def write_json(path, data):
+    write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):  # NumPy scalars and arrays
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def save_model(model, path):
+    """`model.save` to a temporary `.keras` file, then move it into place."""
+    with atomic_path(path) as temporary:
+        model.save(temporary)
+
+
+def load_model(path):
+    """Load a `.keras` file with `safe_mode=True` (no arbitrary code), explaining failures in one line."""
+    import keras
+
+    import keras_cnn.augment  # noqa: F401  registers the custom layers and optimizer
+    import keras_cnn.recipes  # noqa: F401
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except ValueError as error:
+        if "safe_mode" in str(error) or "Lambda" in str(error):
+            raise ValueError(f"refusing to load {path}: it contains code (a Lambda layer or a pickled function), "
+                             "which could run anything; only load it with Keras yourself if you trust its source")\
+                from None
+        raise ValueError(f"cannot load {path}: {_first_line(error)}") from None
+    except (OSError, KeyError, TypeError, EOFError) as error:  # zip/h5 corruption surfaces as these
+        raise ValueError(f"cannot load {path}: the file is damaged or not a Keras model ({_first_line(error)})")\
+            from None
 
 
 def load_weights(model, path):
@@ -8,17 +79,41 @@ def load_weights(model, path):
     try:
         model.load_weights(path)
     except (ValueError, KeyError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(
             f"cannot load weights from {path} into {model.name}: the file does not match this architecture "
-            f"({first_line}). Received: weights={str(path)!r}"
+            f"({_first_line(error)}). Received: weights={str(path)!r}"
         ) from None
 
 
-def atomic_path(final_path):
-    """A temporary path in the same folder as `final_path`; `os.replace` it into place when complete."""
-    folder, base = os.path.split(os.path.abspath(final_path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=os.path.splitext(base)[1] or ".tmp", dir=folder)
-    os.close(handle)
-    return temporary
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run folder: its model, class names and the config that produced it."""
+
+    path: str
+    model: object
+    class_names: list
+    config: dict
+
+
+def load(run_dir):
+    """Load a run folder written by `keras_cnn.train` (model.keras, config.json, labels.txt)."""
+    run_dir = str(run_dir)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    missing = [name for name in RUN_FILES if not os.path.isfile(os.path.join(run_dir, name))]
+    if missing:
+        raise ValueError(f"{run_dir} is not a keras-cnn run folder: it has no {', '.join(missing)}")
+    with open(os.path.join(run_dir, "config.json")) as handle:
+        try:
+            config = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{run_dir}/config.json is not valid JSON ({error})") from None
+    with open(os.path.join(run_dir, "labels.txt")) as handle:
+        class_names = [line.rstrip("\n") for line in handle if line.strip()]
+    model = load_model(os.path.join(run_dir, "model.keras"))
+    return Run(run_dir, model, class_names, config)

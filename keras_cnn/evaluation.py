@@ -1,0 +1,109 @@
+"""Evaluation: accuracy, top-5, loss, per-class precision/recall/F1 and the confusion matrix.
+
+Predictions always come from `model.predict`, which runs the inference graph
+(`training=False`: no augmentation, BatchNorm in inference mode).
+"""
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Report:
+    """What `evaluate` returns; `to_dict()` is what `metrics.json` holds."""
+
+    split: str
+    num_examples: int
+    accuracy: float
+    loss: float
+    top5_accuracy: float
+    class_names: list
+    per_class: list  # [{"class", "precision", "recall", "f1", "support"}, ...]
+    confusion_matrix: list  # rows: true class, columns: predicted class
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def __str__(self):
+        top5 = "" if self.top5_accuracy is None else f"  top-5 {self.top5_accuracy:.2%}"
+        lines = [f"{self.split}: {self.num_examples} images  accuracy {self.accuracy:.2%}{top5}  loss {self.loss:.4f}",
+                 "", f"{'class':<16} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}"]
+        for row in self.per_class:
+            lines.append(f"{row['class'][:16]:<16} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>6.3f} "
+                         f"{row['support']:>8}")
+        return "\n".join(lines)
+
+
+def predict_probabilities(model, dataset):
+    """(probabilities, integer labels) over a batched dataset of (images, one-hot labels)."""
+    probabilities = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    labels = np.concatenate([np.argmax(y, axis=-1) if y.shape[-1] > 1 else y[:, 0]
+                             for _, y in dataset.as_numpy_iterator()])
+    return np.asarray(probabilities, dtype=np.float64), labels.astype(np.int64)
+
+
+def report(probabilities, labels, class_names, split="test"):
+    """The metrics of predicted `probabilities` against integer `labels`."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    if probabilities.shape[1] == 1:  # one sigmoid unit: P(class 1)
+        probabilities = np.concatenate([1 - probabilities, probabilities], axis=1)
+    classes = list(range(len(class_names)))
+    predicted = probabilities.argmax(axis=1)
+    eps = 1e-7
+    loss = float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels], eps, 1))))
+    top5 = None
+    if len(classes) > 5:
+        top = np.argsort(-probabilities, axis=1)[:, :5]
+        top5 = float(np.mean([label in row for label, row in zip(labels, top)]))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=classes,
+                                                                     zero_division=0)
+    per_class = [{"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                 for name, p, r, f, s in zip(class_names, precision, recall, f1, support)]
+    matrix = confusion_matrix(labels, predicted, labels=classes).tolist()
+    return Report(split, int(len(labels)), float(np.mean(predicted == labels)), loss, top5, list(class_names),
+                  per_class, matrix)
+
+
+def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None):
+    """Evaluate a model (or a run folder) on a data split; with a run folder, update its metrics.json.
+
+    Args:
+        model_or_run: a `keras.Model`, a run folder path, or a `keras_cnn.io.Run`.
+        data: a data spec or `ImageData`; defaults to the run's own data.
+        split: "test" (default), "val" or "train".
+        out: a folder to write `metrics.json` and `confusion_matrix.png` to (default: the run folder,
+            when evaluating on the run's own data).
+    """
+    from keras_cnn import io, viz
+    from keras_cnn.data import ImageData, load_data
+
+    run = io.load(model_or_run) if isinstance(model_or_run, str) else model_or_run
+    model = run.model if isinstance(run, io.Run) else run
+    own_data = data is None and isinstance(run, io.Run)
+    if data is None:
+        if not isinstance(run, io.Run):
+            raise ValueError("evaluating a bare model needs `data`. Received: data=None")
+        data = run.config["data"]
+    if not isinstance(data, ImageData):
+        options = run.config.get("data_options", {}) if isinstance(run, io.Run) else {}
+        data = load_data(data, **options)
+    class_names = run.class_names if isinstance(run, io.Run) else data.class_names
+    check_compatible(model, data)
+    dataset = data.pipeline(split, batch_size=batch_size, image_shape=tuple(model.input_shape[1:]))
+    result = report(*predict_probabilities(model, dataset), class_names, split)
+    folder = out or (run.path if own_data and split == "test" else None)  # never overwrite with other data
+    if folder:
+        io.write_json(f"{folder}/metrics.json", result.to_dict())
+        viz.save(viz.confusion_matrix(result.confusion_matrix, class_names), f"{folder}/confusion_matrix.png")
+    return result
+
+
+def check_compatible(model, data):
+    """A model's output units must fit the data's classes (one sigmoid unit for two classes)."""
+    units = model.output_shape[-1]
+    if units != data.num_classes and not (units == 1 and data.num_classes == 2):
+        raise ValueError(f"the model predicts {units} classes but {data.name} has {data.num_classes} "
+                         f"({', '.join(data.class_names[:5])}{', ...' if data.num_classes > 5 else ''}). "
+                         f"Received: num_classes={units}")
+
