@@ -18,6 +18,7 @@ _LAZY = {
     "describe": "keras_cnn.analysis:describe",
     "load_data": "keras_cnn.data:load_data",
     "load": "keras_cnn.io:load",
+    "load_model": "keras_cnn.io:load_model",
     "train": "keras_cnn.training:train",
     "evaluate": "keras_cnn.evaluation:evaluate",
     "export": "keras_cnn.export:export",

@@ -8,6 +8,7 @@ import keras
 from keras import layers
 
 from keras_cnn.augment import augmentation
+from keras_cnn.layers import FusedBatchNormalization
 
 # PyTorch's BatchNorm2d defaults (momentum 0.1 there = 0.9 here, eps 1e-5): the
 # seeds' recipes were tuned with them, and Keras's 0.99 lags badly in short runs.
@@ -26,7 +27,7 @@ def inputs_and_stem(config, *, scale=1.0 / 255):
 
 
 def batchnorm(name):
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+    return FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
 def activation(kind, name):

@@ -56,6 +56,7 @@ def load_model(path):
     import keras
 
     import keras_cnn.augment  # noqa: F401  registers the custom layers and optimizer
+    import keras_cnn.layers  # noqa: F401
     import keras_cnn.recipes  # noqa: F401
 
     path = str(path)

@@ -169,7 +169,8 @@ def layer_types(model):
 
 
 def test_overrides_do_what_they_say():
-    assert "BatchNormalization" not in layer_types(keras_cnn.build("small", batchnorm=False))
+    assert not any("BatchNormalization" in t for t in layer_types(keras_cnn.build("small", batchnorm=False)))
+    assert "FusedBatchNormalization" in layer_types(keras_cnn.build("small"))
     assert "GlobalAveragePooling2D" in layer_types(keras_cnn.build("small", head="gap"))
     assert keras_cnn.build("small", dropout=0.5).get_layer("head_dropout").rate == 0.5
     assert keras_cnn.build("small", activation="gelu").get_layer("stage1_act").get_config()["activation"] == "gelu"
