@@ -81,6 +81,34 @@ def cmd_describe(args):
 
     summary = describe(args.model, input_shape=args.input_shape, **_overrides(args.set))
     print(summary.to_json() if args.json else summary)
+    if args.plot:
+        from keras_cnn import viz
+
+        path = args.plot_out or f"{args.model}_receptive_field.png"
+        viz.save(viz.receptive_field(args.model, input_shape=args.input_shape, **_overrides(args.set)), path)
+        print(f"\nreceptive-field chart: {path}")
+
+
+def cmd_show(args):
+    _quiet_tensorflow()
+    from keras_cnn import io, viz
+
+    if os.path.isdir(args.source):
+        model, folder = io.load(args.source).model, args.source
+    else:
+        model, folder = io.load_model(args.source), os.path.dirname(os.path.abspath(args.source))
+    out = args.out or folder
+    if not args.image and not args.filters:
+        raise ValueError("say what to show: --image IMAGE (feature maps) and/or --filters")
+    written = []
+    if args.filters:
+        written.append(viz.save(viz.filters(model, args.layer), os.path.join(out, "filters.png")))
+    if args.image:
+        base = os.path.splitext(os.path.basename(args.image))[0]
+        for layer in args.layers or viz.conv_and_pool_layers(model):
+            path = os.path.join(out, "feature_maps", f"{base}_{layer}.png")
+            written.append(viz.save(viz.feature_maps(model, args.image, [layer]), path))
+    print("\n".join(written))
 
 
 def _configure_logging():
@@ -175,7 +203,21 @@ def parser():
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="variant override, e.g. --set head=gap --set filters=[16,32] (repeatable)")
     s.add_argument("--json", action="store_true", help="print the table as JSON")
+    s.add_argument("--plot", action="store_true", help="also chart receptive field and feature-map size per layer")
+    s.add_argument("--plot-out", metavar="PNG", help="where to write the chart (default MODEL_receptive_field.png)")
     s.set_defaults(handler=cmd_describe)
+
+    s = sub.add_parser("show", help="feature maps and filters of a trained model as PNG grids",
+                       description="Render what a trained model sees: the feature maps of every conv/pool layer "
+                       "for an image (one PNG grid per layer, under RUN/feature_maps/) and/or the first conv "
+                       "layer's filters (RUN/filters.png). Inference mode: no augmentation.")
+    s.add_argument("source", help="a run folder or a .keras file")
+    s.add_argument("--image", help="an image file to run through the model")
+    s.add_argument("--layers", nargs="+", metavar="LAYER", help="only these layers (default: every conv/pool)")
+    s.add_argument("--filters", action="store_true", help="draw the kernels of a conv layer")
+    s.add_argument("--layer", help="the conv layer for --filters (default: the first)")
+    s.add_argument("--out", help="folder for the PNG files (default: the run folder)")
+    s.set_defaults(handler=cmd_show)
 
     s = sub.add_parser("train", help="train a model and write a run folder",
                        description="Train a zoo model on a data set. Writes saved_models/<model>-<data>-<time>/ "

@@ -1,4 +1,6 @@
 """Pictures: training curves and confusion matrices, rendered headless (matplotlib Agg) to PNG."""
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on servers and CI
@@ -12,7 +14,7 @@ def save(figure, path, dpi=100):
     from keras_cnn.io import atomic_path
 
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=dpi, bbox_inches="tight", format="png")
+        figure.savefig(temporary, dpi=dpi, format="png")  # figsize x dpi pixels exactly
     plt.close(figure)
     return path
 
@@ -52,5 +54,118 @@ def confusion_matrix(matrix, class_names):
         for (row, column), count in np.ndenumerate(matrix):
             axis.text(column, row, str(count), ha="center", va="center", fontsize=8,
                       color="white" if count > threshold else "black")
+    figure.tight_layout()
+    return figure
+
+
+MAX_CHANNELS = 32  # feature-map grids show at most this many channels, with a note
+
+
+def conv_and_pool_layers(model):
+    """Names of the model's own conv and pooling layers, in order (the stages people look at)."""
+    import keras
+
+    kinds = (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+    return [layer.name for layer in model.layers if isinstance(layer, kinds)]
+
+
+def _grid(count):
+    columns = min(8, count)
+    return math.ceil(count / columns), columns
+
+
+def feature_maps(model, image, layers=None, max_channels=MAX_CHANNELS):
+    """Feature maps of `image` (a path or an array in raw pixels) at `layers` (default: every conv/pool).
+
+    Maps come from the inference graph (`training=False`: no augmentation, BatchNorm
+    in inference mode). One block per layer, each channel labelled with its index.
+    """
+    import keras
+
+    from keras_cnn.predict import read_image
+
+    layers = list(layers or conv_and_pool_layers(model))
+    if not layers:
+        raise ValueError(f"{model.name} has no conv or pooling layers to show. Received: layers={layers}")
+    known = {layer.name for layer in model.layers}
+    for name in layers:
+        if name not in known:
+            raise ValueError(f"{model.name} has no layer {name!r}; conv/pool layers: "
+                             f"{', '.join(conv_and_pool_layers(model))}. Received: layers={layers}")
+    x = read_image(image, tuple(model.input_shape[1:]))[np.newaxis]
+    probe = keras.Model(model.input, [model.get_layer(name).output for name in layers])
+    outputs = probe(x, training=False)
+    outputs = [np.asarray(o, dtype=np.float32)[0] for o in (outputs if isinstance(outputs, list) else [outputs])]
+    blocks = [(name, maps, min(maps.shape[-1], max_channels)) for name, maps in zip(layers, outputs)]
+    rows = [_grid(shown)[0] for _, _, shown in blocks]
+    figure = plt.figure(figsize=(12, 1.6 * sum(rows) + 0.6 * len(blocks)), layout="constrained")
+    parts = figure.subfigures(len(blocks), 1, height_ratios=[r + 0.4 for r in rows]) if len(blocks) > 1 else [figure]
+    for part, (name, maps, shown) in zip(parts, blocks):
+        height, width, channels = maps.shape
+        note = f" (first {shown} of {channels} channels)" if shown < channels else ""
+        part.suptitle(f"{name}: {channels} maps of {height}x{width}{note}", fontsize=10)
+        grid_rows, grid_columns = _grid(shown)
+        axes = np.atleast_1d(part.subplots(grid_rows, grid_columns)).ravel()
+        for index, axis in enumerate(axes):
+            axis.axis("off")
+            if index < shown:
+                axis.imshow(maps[..., index], cmap="viridis")
+                axis.set_title(f"#{index}", fontsize=7)
+    return figure
+
+
+def filters(model, layer=None):
+    """The kernels of a conv layer (default: the first) as small images, one per output channel."""
+    import keras
+
+    convs = [lay.name for lay in model.layers if isinstance(lay, keras.layers.Conv2D)]
+    if not convs:
+        raise ValueError(f"{model.name} has no Conv2D layer. Received: layer={layer!r}")
+    layer = layer or convs[0]
+    if layer not in convs:
+        raise ValueError(f"{layer!r} is not a Conv2D layer of {model.name}; its convs: {', '.join(convs)}. "
+                         f"Received: layer={layer!r}")
+    kernel = np.asarray(model.get_layer(layer).kernel, dtype=np.float32)  # (kh, kw, in, out)
+    count = min(kernel.shape[-1], 64)
+    grid_rows, grid_columns = _grid(count)
+    figure, axes = plt.subplots(grid_rows, grid_columns, figsize=(1.4 * grid_columns, 1.5 * grid_rows + 0.5),
+                                squeeze=False)
+    for index, axis in enumerate(axes.ravel()):
+        axis.axis("off")
+        if index >= count:
+            continue
+        weights = kernel[..., index]
+        if weights.shape[-1] == 3:  # an RGB filter, scaled to [0, 1] per filter
+            span = weights.max() - weights.min()
+            axis.imshow((weights - weights.min()) / (span if span else 1.0), interpolation="nearest")
+        else:
+            axis.imshow(weights.mean(axis=-1), cmap="gray", interpolation="nearest")
+        axis.set_title(f"#{index}", fontsize=7)
+    kh, kw, channels_in, channels_out = kernel.shape
+    more = f", first {count} of {channels_out}" if count < channels_out else ""
+    figure.suptitle(f"{model.name} {layer}: {channels_out} filters of {kh}x{kw}x{channels_in}{more}"
+                    + (" (averaged over input channels)" if channels_in != 3 else ""), fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def receptive_field(model_or_name, input_shape=None, **overrides):
+    """Receptive field and feature-map size per conv/pool layer (seed 003, section 12), one chart."""
+    from keras_cnn.analysis import describe
+
+    summary = describe(model_or_name, input_shape=input_shape, **overrides)
+    rows = [r for r in summary.rows if r.kernel is not None and r.receptive_field is not None]
+    if not rows:
+        raise ValueError(f"{summary.model} has no conv or pooling layers to chart")
+    steps = np.arange(1, len(rows) + 1)
+    figure, axis = plt.subplots(figsize=(max(6, 0.45 * len(rows) + 3), 4.5))
+    axis.plot(steps, [r.receptive_field for r in rows], "o-", label="receptive field (pixels)")
+    axis.plot(steps, [r.output_shape[0] for r in rows], "s--", label="feature-map size (pixels)")
+    axis.set_xticks(steps, [r.name for r in rows], rotation=60, ha="right", fontsize=8)
+    axis.set_ylabel("pixels")
+    axis.set_title(f"{summary.model}: receptive field vs. spatial resolution "
+                   f"(input {'x'.join(map(str, summary.input_shape))})")
+    axis.grid(alpha=0.3)
+    axis.legend()
     figure.tight_layout()
     return figure

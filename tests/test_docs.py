@@ -17,9 +17,25 @@ def test_readme_model_table_is_the_generated_one():
     assert table == registry.markdown_table(), "regenerate with `keras-cnn list --markdown`"
 
 
-@pytest.mark.parametrize("script", ["plain_family.py", "resnet_family.py"])
-def test_example_runs(script):
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / script)], capture_output=True, text=True,
-                            timeout=300)
+# Each example with arguments that keep it quick and what its output must say.
+EXAMPLES = {
+    "plain_family.py": ([], "parameters"),
+    "resnet_family.py": ([], "receptive field"),
+    "parameter_count.py": ([], "760 parameters (seed 004: 760)"),
+    "manual_convolution.py": ([], "Keras Conv2D agrees: True"),
+    "edge_detection.py": (["--out", "{tmp}/edges.png"], "Keras Conv2D equals the cross-correlation: True"),
+    "train_digits.py": (["--epochs", "3", "--out", "{tmp}/run"], "accuracy per epoch"),
+}
+
+
+def test_every_example_is_tested():
+    assert sorted(p.name for p in (ROOT / "examples").glob("*.py")) == sorted(EXAMPLES)
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLES))
+def test_example_runs(script, tmp_path):
+    arguments, expected = EXAMPLES[script]
+    command = [sys.executable, str(ROOT / "examples" / script), *(a.format(tmp=tmp_path) for a in arguments)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "parameters" in result.stdout
+    assert expected in result.stdout
