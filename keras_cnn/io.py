@@ -11,6 +11,8 @@ import os
 import tempfile
 
 RUN_FILES = ("model.keras", "config.json", "labels.txt")
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: mkstemp creates 0600 files, finished files get the usual 0666 & ~umask
 
 
 @contextlib.contextmanager
@@ -22,6 +24,8 @@ def atomic_path(final_path):
     os.close(handle)
     try:
         yield temporary
+        if os.path.isfile(temporary):
+            os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, final_path)
     finally:
         if os.path.exists(temporary):

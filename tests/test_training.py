@@ -248,3 +248,14 @@ def test_cli_train_and_evaluate(tmp_path):
     assert result.returncode == 0 and result.stdout.startswith("test: 359 images")
     result = subprocess.run([*command, "evaluate", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "is not a keras-cnn run folder" in result.stderr
+
+
+def test_atomic_writes_leave_normal_permissions_and_no_partial_file(tmp_path):
+    io.write_text(tmp_path / "a.txt", "ok")
+    assert oct(os.stat(tmp_path / "a.txt").st_mode & 0o777) == oct(0o666 & ~io._UMASK)
+    io.write_text(tmp_path / "b.txt", "good")
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(tmp_path / "b.txt") as temporary:
+            open(temporary, "w").write("half")
+            raise RuntimeError("writer failed")
+    assert open(tmp_path / "b.txt").read() == "good" and sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]
