@@ -382,6 +382,24 @@ def _stratified_indices(labels, val_fraction, test_fraction, seed):
     return {s: rng.permutation(np.concatenate(p)).astype(np.int64) for s, p in parts.items()}
 
 
+def read_image(image, shape):
+    """An image file (or numpy image) as float32 (H, W, C) in [0, 255], adapted to ``shape`` as in training."""
+    if isinstance(image, np.ndarray):
+        array = image[..., np.newaxis] if image.ndim == 2 else image
+        if array.ndim != 3 or array.shape[-1] not in (1, 3):
+            raise ValueError(f"a numpy image must be (H, W) or (H, W, C) with 1 or 3 channels. "
+                             f"Received: image.shape={image.shape}")
+        return _adapt(tf.constant(array, tf.float32), shape).numpy()
+    path = str(image)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: file not found")
+    try:
+        decoded = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+        raise ValueError(f"{path}: not a readable image ({', '.join(IMAGE_EXTENSIONS)})") from None
+    return tf.cast(_adapt(decoded, shape), tf.float32).numpy()
+
+
 def _stored_shape(native_size, native_channels, image_size, channels):
     return (*(image_size or native_size), channels or native_channels)
 

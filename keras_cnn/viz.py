@@ -82,7 +82,7 @@ def feature_maps(model, image, layers=None, max_channels=MAX_CHANNELS):
     """
     import keras
 
-    from keras_cnn.predict import read_image
+    from keras_cnn.data import read_image
 
     layers = list(layers or conv_and_pool_layers(model))
     if not layers:
