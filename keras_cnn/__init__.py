@@ -21,8 +21,8 @@ _LAZY = {
     "load_model": "keras_cnn.io:load_model",
     "train": "keras_cnn.training:train",
     "evaluate": "keras_cnn.evaluation:evaluate",
-    "export": "keras_cnn.export:export",
-    "predict": "keras_cnn.predict:predict",
+    "export": "keras_cnn.exporting:export",
+    "predict": "keras_cnn.prediction:predict",
     "reference": "keras_cnn.reference",
 }
 

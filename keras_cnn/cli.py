@@ -154,6 +154,39 @@ def cmd_train(args):
     run = train(kwargs.pop("model"), kwargs.pop("data"), out=args.out, resume=args.resume, **kwargs)
     print(run.metrics)
     print(f"\nrun folder: {run.path}")
+    if args.export:
+        from keras_cnn.exporting import export
+
+        export(run.path, formats=args.export)
+
+
+def _csv(text):
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def cmd_export(args):
+    _quiet_tensorflow()
+    from keras_cnn.exporting import export
+
+    data = None
+    if args.data or _data_options(args):
+        from keras_cnn.data import load_data
+
+        with open(os.path.join(args.run, "config.json")) as handle:
+            config = json.load(handle)
+        data = load_data(args.data or config["data"], **{**config.get("data_options", {}), **_data_options(args)})
+    export(args.run, args.out, formats=args.formats, quantize=args.quantize, data=data, io=args.io,
+           max_accuracy_drop=args.max_accuracy_drop)
+
+
+def cmd_predict(args):
+    _quiet_tensorflow()
+    from keras_cnn.prediction import predict
+
+    results = predict(args.artifact, args.images, top=args.top)
+    for result in results:
+        print(result, file=sys.stderr if result.error else sys.stdout)
+    return 1 if any(result.error for result in results) else 0
 
 
 def cmd_evaluate(args):
@@ -235,6 +268,9 @@ def parser():
     s.add_argument("--out", help="run folder (default saved_models/<model>-<data>-<time>)")
     s.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     s.add_argument("--config", metavar="CONFIG_JSON", help="rerun a previous run: RUN_DIR/config.json")
+    s.add_argument("--export", type=_csv, metavar="FORMATS",
+                   help="then export and verify the run: saved_model, tflite, onnx (comma-separated; TFLite as "
+                   "float32 and int8), as `keras-cnn export RUN --formats FORMATS`")
     s.set_defaults(handler=cmd_train)
 
     s = sub.add_parser("evaluate", help="evaluate a run folder on its test split (or other data)",
@@ -244,6 +280,38 @@ def parser():
     _add_data_arguments(s, "default: the run's own data")
     s.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
     s.set_defaults(handler=cmd_evaluate)
+
+    s = sub.add_parser("export", help="export a run to SavedModel / TFLite / ONNX, each verified against Keras",
+                       description="Export a trained run folder for serving and mobile: a float32 inference "
+                       "rebuild (no augmentation) as a SavedModel, TFLite files (built-in ops only) and ONNX. "
+                       "Each artifact is re-loaded in its own runtime and checked on up to 2,000 test images; "
+                       "a float32 artifact that differs from Keras by more than 1e-4 fails the export. Writes "
+                       "RUN/export/ (or --out) with labels.txt, a JSON sidecar per artifact and export_report.json.",
+                       epilog="Examples: keras-cnn export saved_models/small-digits | keras-cnn export RUN "
+                       "--formats tflite --quantize float32,float16,dynamic,int8 --io uint8")
+    s.add_argument("run", help="a run folder written by `keras-cnn train`")
+    s.add_argument("--formats", type=_csv, default=("saved_model", "tflite"), metavar="LIST",
+                   help="comma-separated: saved_model, tflite, onnx (default: saved_model,tflite; onnx needs "
+                   'pip install -e ".[onnx]")')
+    s.add_argument("--quantize", type=_csv, default=("float32", "int8"), metavar="LIST",
+                   help="TFLite variants, comma-separated: float32, float16, dynamic, int8 (default: float32,int8)")
+    s.add_argument("--io", choices=("int8", "uint8"), default="int8",
+                   help="input/output type of the int8 TFLite model; uint8 takes raw pixels (default: int8)")
+    s.add_argument("--out", metavar="DIR", help="output folder (default: RUN/export)")
+    _add_data_arguments(s, "calibration and test data; default: the run's own data")
+    s.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+                   help="flag quantized models that lose more top-1 accuracy than this (default: 1.0)")
+    s.set_defaults(handler=cmd_export)
+
+    s = sub.add_parser("predict", help="top classes of image files with a run or an exported model",
+                       description="Predict image files with a run folder, a .keras file, a SavedModel folder, "
+                       "a .tflite or an .onnx file. Images are resized and converted (gray/RGB) as in training. "
+                       "A missing or unreadable image is reported on its own line (stderr) and the others are "
+                       "still predicted; the exit status is then 1.")
+    s.add_argument("artifact", help="run folder, .keras file, SavedModel folder, .tflite or .onnx file")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF)")
+    s.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
+    s.set_defaults(handler=cmd_predict)
     return p
 
 
@@ -251,7 +319,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     _configure_logging()
     try:
-        args.handler(args)
+        status = args.handler(args)
     except USER_ERRORS as error:
         if args.debug:
             raise
@@ -261,7 +329,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("keras-cnn: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
