@@ -117,6 +117,7 @@ def _configure_logging():
     logger = logging.getLogger("keras_cnn")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # TensorFlow's absl adds a root handler; without this every line prints twice
 
 
 def _data_options(args):
@@ -202,6 +203,28 @@ def cmd_evaluate(args):
         data = load_data(args.data or run.config["data"], **{**run.config.get("data_options", {}),
                                                              **_data_options(args)})
     print(evaluate(run, data, split=args.split))
+
+
+def cmd_tune(args):
+    _quiet_tensorflow()
+    from tuning import search
+
+    result = search(args.data or "digits", space=args.space, tuner=args.tuner, max_trials=args.max_trials,
+                    epochs=args.epochs, max_epochs=args.max_epochs, factor=args.factor, seed=args.seed,
+                    out=args.out, resume=args.resume, batch_size=args.batch_size, data_options=_data_options(args),
+                    max_params=args.max_params, max_macs=args.max_macs, max_tflite_kb=args.max_tflite_kb,
+                    max_latency_ms=args.max_latency_ms, distributed=args.distributed, workers=args.workers,
+                    retrain=not args.no_retrain, verbose=0 if args.quiet else 1)
+    print(result.table())
+    print(f"\nsearch folder: {result.path} (results.txt, results.json, best_hyperparameters.json, tensorboard/)")
+    if result.best_trial is None:
+        print("no trial completed within the budgets: nothing to keep or retrain")
+        return
+    print(f"best trial {result.best_trial['trial']}: {result.objective['name']} {result.best_trial['score']:.4f}; "
+          f"its checkpoint (train split only): {result.path}/best_trial.keras")
+    if result.run_dir:
+        print(f"retrained on train + val: {result.run_dir}, test accuracy {result.test_accuracy:.2%} "
+              f"(the checkpoint: {result.best_trial_test_accuracy:.2%}); `keras-cnn export {result.run_dir}`")
 
 
 def _add_data_arguments(s, default_note):
@@ -312,6 +335,36 @@ def parser():
     s.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF)")
     s.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
     s.set_defaults(handler=cmd_predict)
+
+    s = sub.add_parser("tune", help="search for the best model and settings under a budget (keras-tuner)",
+                       description="Search a space of zoo models and training settings with keras-tuner, list "
+                       "every trial, and retrain the best settings on train + val into a run folder. "
+                       "Configurations that cannot work on the data or break a budget are rejected before training.",
+                       epilog="Examples: keras-cnn tune --data digits --tuner hyperband --max-epochs 9 | keras-cnn "
+                       "tune --data folder:/data/pets --tuner bayesian --max-trials 50 --max-tflite-kb 300 --resume "
+                       "--out saved_models/tune-pets")
+    _add_data_arguments(s, "default: digits, offline")
+    s.add_argument("--space", default="cnn", help="search space: a name (cnn) or package.module:function")
+    s.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random",
+                   help="random or bayesian (--max-trials trials of --epochs), or hyperband (--max-epochs, --factor)")
+    s.add_argument("--max-trials", type=int, default=10, help="trials of random/bayesian search (default 10)")
+    s.add_argument("--epochs", type=int, default=5, help="epochs of each random/bayesian trial (default 5)")
+    s.add_argument("--max-epochs", type=int, default=9, help="hyperband: most epochs a model trains (default 9)")
+    s.add_argument("--factor", type=int, default=3, help="hyperband: reduction factor between rounds (default 3)")
+    s.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the proposals, the weights and the split (default 0)")
+    s.add_argument("--out", help="search folder (default saved_models/tune-<data>-<time>)")
+    s.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    s.add_argument("--max-params", type=int, metavar="N", help="budget: parameters")
+    s.add_argument("--max-macs", type=int, metavar="N", help="budget: multiply-accumulates per image")
+    s.add_argument("--max-tflite-kb", type=float, metavar="KB", help="budget: float32 TFLite file size")
+    s.add_argument("--max-latency-ms", type=float, metavar="MS", help="budget: TFLite batch-1 latency on this machine")
+    s.add_argument("--distributed", action="store_true",
+                   help="run keras-tuner's chief and --workers workers as processes on this machine")
+    s.add_argument("--workers", type=int, default=2, help="worker processes with --distributed (default 2)")
+    s.add_argument("--no-retrain", action="store_true", help="keep the best trial's checkpoint, do not retrain")
+    s.add_argument("--quiet", action="store_true", help="no per-trial report")
+    s.set_defaults(handler=cmd_tune)
     return p
 
 

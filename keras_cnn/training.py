@@ -140,7 +140,7 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
                       loss=loss, metrics=metrics, jit_compile=False)
 
     config = {
-        "model": name, "data": data.spec or data.name, "data_options": data_options or {},
+        "model": name, "data": data.spec or data.name, "data_options": {**(data_options or {}), "seed": seed},
         "input_shape": list(image_shape), "num_classes": model.output_shape[-1], "class_names": data.class_names,
         "precision": policy, "arguments": _jsonable_arguments(arguments), "versions": _versions(),
         "machine": {"cpu": recipes._cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
@@ -313,7 +313,7 @@ def read_history(path):
 
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
-    return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "")]
+    return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "", "NA")]  # NA: no val split
             for key in (rows[0] if rows else {}) if key != "epoch"}
 
 

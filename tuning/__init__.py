@@ -1,1 +1,10 @@
-"""Hyperparameter search over keras_cnn builders with keras-tuner."""
+"""Hyperparameter search over keras_cnn builders with keras-tuner: `search(data, space=..., tuner=...)`.
+
+`tuning.spaces` names the search spaces, `tuning.hypermodel` builds the zoo's models
+from them, `tuning.budgets` measures and limits them, `tuning.search` runs keras-tuner
+(locally or distributed) and `tuning.results` writes the table and retrains the best.
+"""
+from tuning.results import SearchResult
+from tuning.search import search
+
+__all__ = ["search", "SearchResult"]

@@ -1,0 +1,83 @@
+"""The keras-tuner HyperModel over the zoo: a space's proposal -> `keras_cnn.build` -> the training recipes.
+
+`build(hp)` asks the space what to build, refuses a configuration whose feature
+maps would shrink below 1x1 on this data (`FailedTrialError`, decided by
+`keras_cnn.model_info` before anything is built), builds the zoo's own model with
+`keras_cnn.build` and compiles it with the optimizer, loss and metrics of
+`keras_cnn.recipes`, as `keras_cnn.train` does. `fit` measures the built model
+against the budgets (`tuning.budgets`) before training it.
+"""
+import keras
+import keras_tuner
+
+from keras_cnn import recipes, registry
+from tuning import budgets as budget_checks
+
+
+class ZooHyperModel(keras_tuner.HyperModel):
+    """Builds and trains the zoo models a space proposes, for images of `input_shape`.
+
+    Args:
+        space: a function `space(hp) -> tuning.spaces.Proposal`.
+        input_shape: (height, width, channels) of the data; models are never resized to fit it.
+        num_classes: output units.
+        steps_per_epoch: training batches per epoch, which size the `sgd` recipe's cosine schedule.
+        epochs: epochs per trial (Hyperband sets each trial's own in its hyperparameters).
+        budgets: {"max_params": ..., ...} limits a model must meet before it is trained.
+    """
+
+    def __init__(self, space, *, input_shape, num_classes, steps_per_epoch, epochs, budgets=None):
+        super().__init__(name="keras_cnn")
+        self.space = space
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+        self.budgets = budgets or {}
+
+    def declare_hyperparameters(self, hp):
+        """Register the space on `hp` without building anything (see `tuning.search`)."""
+        self.space(hp)
+
+    def proposal(self, hp):
+        """The space's proposal for `hp`; FailedTrialError if its feature maps would collapse on this data."""
+        proposal = self.space(hp)
+        side = registry.model_info(proposal.model, **proposal.overrides)["smallest_input"]
+        height, width = self.input_shape[:2]
+        if height < side[0] or width < side[1]:
+            raise keras_tuner.errors.FailedTrialError(
+                f"collapsed: needs inputs of at least {side[0]}x{side[1]}, the images are {height}x{width}")
+        return proposal
+
+    def build(self, hp):
+        proposal = self.proposal(hp)
+        model = registry.build(proposal.model, input_shape=self.input_shape, num_classes=self.num_classes,
+                               **proposal.overrides)
+        # Hyperband continues a trial from another's weights: each trial's schedule spans the epochs it trains.
+        epochs = hp.values.get("tuner/epochs", self.epochs) - hp.values.get("tuner/initial_epoch", 0)
+        loss, metrics = recipes.loss_and_metrics(model.output_shape[-1])
+        optimizer = recipes.optimizer(proposal.recipe, total_steps=epochs * self.steps_per_epoch,
+                                      learning_rate=proposal.learning_rate)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=False)
+        # Create the optimizer's variables now rather than inside the traced training step: TensorFlow keeps
+        # every traced graph past clear_session(), and those of variable creation cost ~1.4 MB per trial.
+        optimizer.build(model.trainable_variables)
+        return model
+
+    def fit(self, hp, model, *args, record=None, verbose=0, **kwargs):
+        """Measure `model` into `record`, refuse it if it breaks a budget, then train it (one line per epoch
+        when `verbose`)."""
+        record = {} if record is None else record
+        budget_checks.measure_and_enforce(model, self.budgets, record)
+        history = model.fit(*args, shuffle=False, verbose=2 if verbose else 0, **kwargs)  # the pipeline shuffles
+        record.update(epochs=kwargs.get("initial_epoch", 0) + len(history.epoch),  # Hyperband continues trials
+                      val_accuracy=max(history.history.get("val_accuracy", [None])))
+        return history
+
+
+def rebuild(hypermodel, hp, weights):
+    """A trial's model with its checkpoint `weights` (keras-tuner keeps weights only)."""
+    keras.backend.clear_session()
+    model = hypermodel.build(hp)
+    model.load_weights(weights)
+    return model
