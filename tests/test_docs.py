@@ -25,6 +25,8 @@ EXAMPLES = {
     "manual_convolution.py": ([], "Keras Conv2D agrees: True"),
     "edge_detection.py": (["--out", "{tmp}/edges.png"], "Keras Conv2D equals the cross-correlation: True"),
     "train_digits.py": (["--epochs", "3", "--out", "{tmp}/run"], "accuracy per epoch"),
+    "export_tflite.py": (["--epochs", "2", "--out", "{tmp}/run"], "small_int8.tflite"),
+    "tuning_search.py": (["--trials", "2", "--epochs", "1", "--out", "{tmp}/tune"], "retrained best"),
 }
 
 
