@@ -35,6 +35,12 @@ TRAIN_OPTIONS = {
                                                  help="weight classes by inverse frequency (imbalanced data)")),
     "input_shape": (("--input-shape",), dict(type=int, nargs=3, metavar=("H", "W", "C"),
                                              help="model input (default: the data's, resized up if needed)")),
+    "weights": (("--weights",), dict(help="initial weights: a .weights.h5 file; for *_transfer models the "
+                                     "backbone's: imagenet, a weights file, a .keras model or a run folder")),
+    "fine_tune_epochs": (("--fine-tune-epochs",), dict(type=int, help="transfer models: epochs of phase 2, with "
+                                                       "the top backbone blocks unfrozen at 1/100 of the lr")),
+    "unfreeze": (("--unfreeze",), dict(type=int, metavar="BLOCKS", help="transfer models: backbone blocks to "
+                                       "fine-tune, from the top (default: all)")),
 }
 
 
@@ -227,6 +233,13 @@ def cmd_tune(args):
               f"(the checkpoint: {result.best_trial_test_accuracy:.2%}); `keras-cnn export {result.run_dir}`")
 
 
+def cmd_weights_download(args):
+    _quiet_tensorflow()
+    from keras_cnn.models.transfer import download_weights
+
+    print(download_weights(args.name))
+
+
 def _add_data_arguments(s, default_note):
     s.add_argument("--data", metavar="SPEC", help=f"'digits', 'tfds:NAME[:CONFIG]', 'folder:PATH' ({default_note})")
     s.add_argument("--val-fraction", type=float, help="validation share carved from train when the data has none")
@@ -365,6 +378,15 @@ def parser():
     s.add_argument("--no-retrain", action="store_true", help="keep the best trial's checkpoint, do not retrain")
     s.add_argument("--quiet", action="store_true", help="no per-trial report")
     s.set_defaults(handler=cmd_tune)
+
+    s = sub.add_parser("weights", help="manage pretrained backbone weights (Keras cache)",
+                       description="Pretrained ImageNet weights for the *_transfer models live in the Keras cache "
+                       "(~/.keras/models). On a connected machine `keras-cnn weights download resnet50` fills it; "
+                       "copy that file to offline machines.")
+    weights = s.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    s = weights.add_parser("download", help="download a backbone's ImageNet weights into the Keras cache")
+    s.add_argument("name", help="backbone: resnet50, resnet50v2, mobilenetv2, mobilenetv3small, efficientnetb0")
+    s.set_defaults(handler=cmd_weights_download)
     return p
 
 

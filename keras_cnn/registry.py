@@ -17,7 +17,7 @@ from keras_cnn import options, shapes
 
 _MODELS = {}
 _CATALOGUE_LOADED = False
-_CATALOGUE = ("keras_cnn.models.plain", "keras_cnn.models.resnet")
+_CATALOGUE = ("keras_cnn.models.plain", "keras_cnn.models.resnet", "keras_cnn.models.transfer")
 
 
 class Spec(NamedTuple):
@@ -131,7 +131,8 @@ def build(name, *, input_shape=None, num_classes=10, weights=None, classifier_ac
         name: a registered model name (see `list_models()`).
         input_shape: (height, width, channels) of the raw-pixel input; defaults to the seed's.
         num_classes: output units; 1 gives a single sigmoid unit for binary problems.
-        weights: None, or the path of a `.weights.h5` file saved from the same architecture.
+        weights: None, or the path of a `.weights.h5` file saved from the same architecture (families with
+            `CONSUMES_WEIGHTS`, the transfer models, load them themselves: backbone weights, "imagenet").
         classifier_activation: "softmax" (default), "sigmoid", or None for logits.
         **overrides: variant options (`batchnorm`, `dropout`, `head`, ... see `model_info`).
     """
@@ -142,12 +143,14 @@ def build(name, *, input_shape=None, num_classes=10, weights=None, classifier_ac
     classifier_activation = options.classifier_activation(classifier_activation)
     if num_classes == 1 and classifier_activation == "softmax":
         classifier_activation = "sigmoid"  # softmax over one unit is constant 1
-    if weights is not None and not os.path.isfile(str(weights)):
-        raise FileNotFoundError(f"weights file not found: {weights}. Received: weights={weights!r}")
     family = _family(name)
+    consumes = getattr(family, "CONSUMES_WEIGHTS", False)  # e.g. transfer models: `weights` are the backbone's
+    if weights is not None and not consumes and not os.path.isfile(str(weights)):
+        raise FileNotFoundError(f"weights file not found: {weights}. Received: weights={weights!r}")
     shapes.check(name, family.spatial_ops(config), config["input_shape"])
-    model = family.build(config, name=name, num_classes=num_classes, classifier_activation=classifier_activation)
-    if weights is not None:
+    model = family.build(config, name=name, num_classes=num_classes, classifier_activation=classifier_activation,
+                         **({"weights": weights} if consumes else {}))
+    if weights is not None and not consumes:
         from keras_cnn.io import load_weights
 
         load_weights(model, weights)

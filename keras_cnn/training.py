@@ -7,6 +7,11 @@ The run folder (default `saved_models/<model>-<data>-<timestamp>/`) holds
 card. Every file is written atomically; `backup/` holds Keras's
 `BackupAndRestore` state while a run is in progress, so a killed run resumes
 from its last finished epoch with `resume=True`.
+
+Transfer models (`*_transfer`) can train in two phases: `epochs` with the
+backbone frozen, then `fine_tune_epochs` with its top `unfreeze` blocks
+trainable, recompiled at 1/100 of the learning rate. Epoch numbers, history.csv,
+the best checkpoint and `--resume` run on across both phases.
 """
 import dataclasses
 import datetime
@@ -27,6 +32,7 @@ logger = logging.getLogger("keras_cnn")
 
 DEFAULT_OUT = "saved_models"
 STRATEGIES = (None, "mirrored")
+FINE_TUNE_LR_FACTOR = 0.01  # phase-2 learning rate / phase-1 peak (the Keras guide's 1e-3 -> 1e-5)
 
 TROUBLESHOOTING = (
     "training diverged (the loss became NaN or infinite). What usually helps (seed 003's list): "
@@ -80,7 +86,8 @@ class BestCheckpoint(keras.callbacks.Callback):
 def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", learning_rate=None,
           label_smoothing=0.0, precision="auto", mixup=0.0, cutmix=0.0, seed=0, out=None, resume=False,
           early_stopping=None, tensorboard=False, strategy=None, class_weights=False, data_options=None,
-          input_shape=None, num_classes=None, callbacks=(), verbose="auto", **overrides):
+          input_shape=None, num_classes=None, weights=None, fine_tune_epochs=0, unfreeze=None, callbacks=(),
+          verbose="auto", **overrides):
     """Train `model` (a registered name or a `keras.Model`) on `data` and write a run folder.
 
     Args:
@@ -103,6 +110,12 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         data_options: keyword arguments for `load_data` (val_fraction, image_size, data_dir, ...).
         input_shape: the model's input shape (by default the data's, resized up if the model needs more).
         num_classes: 1 for a single sigmoid unit on two-class data; default: the data's class count.
+        weights: initial weights of a model built by name (`keras_cnn.build`'s `weights`; for transfer
+            models the backbone's: "imagenet", a weights file, a .keras model or a run folder).
+        fine_tune_epochs: transfer models: after `epochs` with the backbone frozen, this many epochs with its
+            top `unfreeze` blocks trainable (BatchNorm stays frozen), recompiled at 1/100 of the learning rate.
+        unfreeze: backbone blocks to fine-tune, counted from the top (`keras_cnn.models.transfer.unfreeze`);
+            None = the whole backbone.
         callbacks: extra Keras callbacks (e.g. to time epochs).
         verbose: Keras's fit verbosity; "auto" is a progress bar on a terminal, one line per epoch otherwise.
         **overrides: variant options for a model built by name (`augment="basic"`, `dropout=0.3`, ...).
@@ -112,11 +125,11 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
     from keras_cnn import viz
     from keras_cnn.data import ImageData, load_data
 
-    _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping)
+    _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping, fine_tune_epochs, unfreeze)
     name = model if isinstance(model, str) else model.name
-    if not isinstance(model, str) and (overrides or input_shape is not None or strategy):
-        raise ValueError("overrides, input_shape and strategy apply to models built by name; build the model "
-                         f"with them instead. Received: model=<keras.Model {model.name}>")
+    if not isinstance(model, str) and (overrides or input_shape is not None or strategy or weights is not None):
+        raise ValueError("overrides, input_shape, weights and strategy apply to models built by name; build the "
+                         f"model with them instead. Received: model=<keras.Model {model.name}>")
     keras.utils.set_random_seed(seed)
     if not isinstance(data, ImageData):
         data = load_data(data, seed=seed, **(data_options or {}))
@@ -128,8 +141,12 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         if isinstance(model, str):
             shape = tuple(input_shape) if input_shape is not None else fit_input_shape(model, data, overrides)
             model = _build(model, policy, input_shape=shape, num_classes=num_classes or data.num_classes,
-                           **overrides)
+                           weights=weights, **overrides)
         evaluation.check_compatible(model, data)
+        if fine_tune_epochs:
+            from keras_cnn.models import transfer
+
+            transfer.backbone_of(model)  # only transfer models have a backbone to fine-tune
         image_shape = tuple(model.input_shape[1:])
         train_set = _training_batches(data, batch_size, image_shape, seed, mixup, cutmix, model)
         val_set = (_labels_for(model, data.pipeline("val", batch_size=batch_size, image_shape=image_shape))
@@ -145,25 +162,46 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         "precision": policy, "arguments": _jsonable_arguments(arguments), "versions": _versions(),
         "machine": {"cpu": recipes._cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
     }
-    _check_resume(folder, config, resume)
+    previous = _check_resume(folder, config, resume)
+    if "fine_tune" in previous:  # the run had reached phase 2
+        if not fine_tune_epochs:
+            raise ValueError(f"{folder} was fine-tuning when it stopped: resume it with the same fine_tune_epochs. "
+                             f"Received: fine_tune_epochs={fine_tune_epochs!r}")
+        config["fine_tune"] = previous["fine_tune"]
     io.write_json(os.path.join(folder, "config.json"), config)
     io.write_text(os.path.join(folder, "labels.txt"), "\n".join(data.class_names) + "\n")
 
     monitor = "val_accuracy" if val_set is not None else "accuracy"
     best = BestCheckpoint(folder, monitor)
-    fit_callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(folder, "backup"), double_checkpoint=True),
-        keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=resume),
-        best,
-        keras.callbacks.TerminateOnNaN(),
-        *([keras.callbacks.EarlyStopping(monitor, patience=early_stopping, mode="max")] if early_stopping else []),
-        *([keras.callbacks.TensorBoard(os.path.join(folder, "logs"))] if tensorboard else []),
-        *callbacks,
-    ]
-    history = model.fit(train_set, validation_data=val_set, epochs=epochs, callbacks=fit_callbacks, shuffle=False,
-                        class_weight=data.class_weights() if class_weights else None,
-                        verbose=(1 if sys.stdout.isatty() else 2) if verbose == "auto" else verbose).history
-    if any(not np.isfinite(v) for v in history.get("loss", [])):
+
+    def fit(first_epoch, last_epoch, last_phase, append):
+        fit_callbacks = [
+            keras.callbacks.BackupAndRestore(os.path.join(folder, "backup"), double_checkpoint=True,
+                                             delete_checkpoint=last_phase),  # phase 2 resumes from phase 1's end
+            keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=append),
+            best,
+            keras.callbacks.TerminateOnNaN(),
+            *([keras.callbacks.EarlyStopping(monitor, patience=early_stopping, mode="max")] if early_stopping else []),
+            *([keras.callbacks.TensorBoard(os.path.join(folder, "logs"))] if tensorboard else []),
+            *callbacks,
+        ]
+        return model.fit(train_set, validation_data=val_set, initial_epoch=first_epoch, epochs=last_epoch,
+                         callbacks=fit_callbacks, shuffle=False,
+                         class_weight=data.class_weights() if class_weights else None,
+                         verbose=(1 if sys.stdout.isatty() else 2) if verbose == "auto" else verbose)
+
+    losses = []
+    if "fine_tune" not in config:  # else a resumed run that had finished phase 1
+        phase = fit(0, epochs, not fine_tune_epochs, resume)
+        losses += phase.history.get("loss", [])
+        config["fine_tune"] = {"from_epoch": phase.epoch[-1] + 1 if phase.epoch else epochs}
+    if fine_tune_epochs and all(np.isfinite(losses)):
+        losses += _fine_tune(model, fit, config, folder, recipe=recipe, learning_rate=learning_rate, steps=steps,
+                             label_smoothing=label_smoothing, strategy=strategy, fine_tune_epochs=fine_tune_epochs,
+                             unfreeze=unfreeze)
+    else:
+        config.pop("fine_tune")
+    if any(not np.isfinite(v) for v in losses):
         raise TrainingDiverged(f"{TROUBLESHOOTING}. The run folder is {folder}")
     train_seconds = time.perf_counter() - started
 
@@ -182,7 +220,31 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
     return RunResult(folder, model, history, metrics, config, data.class_names)
 
 
-def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping):
+def _fine_tune(model, fit, config, folder, *, recipe, learning_rate, steps, label_smoothing, strategy,
+               fine_tune_epochs, unfreeze):
+    """Phase 2: unfreeze the top blocks of the backbone, recompile at 1/100 of the rate, train on; its losses."""
+    import warnings
+
+    from keras_cnn.models import transfer
+
+    first = config["fine_tune"]["from_epoch"]
+    blocks = transfer.unfreeze(model, unfreeze)
+    rate = (recipes.DEFAULT_LR[recipe] if learning_rate is None else learning_rate) * FINE_TUNE_LR_FACTOR
+    config["fine_tune"] = {"from_epoch": first, "epochs": fine_tune_epochs, "learning_rate": rate, "blocks": blocks}
+    io.write_json(os.path.join(folder, "config.json"), config)  # marks phase 2 for --resume
+    logger.info("%s: fine-tuning %d backbone block(s) (%s ... %s) for %d epochs at learning rate %g", model.name,
+                len(blocks), blocks[0], blocks[-1], fine_tune_epochs, rate)
+    with _distribution(strategy).scope():
+        loss, metrics = recipes.loss_and_metrics(model.output_shape[-1], label_smoothing)
+        model.compile(optimizer=recipes.optimizer(recipe, total_steps=fine_tune_epochs * steps, learning_rate=rate),
+                      loss=loss, metrics=metrics, jit_compile=False)
+    with warnings.catch_warnings():  # restoring phase 1's backup skips its (head-only) optimizer state, as it should
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        history = fit(first, first + fine_tune_epochs, True, True)
+    return history.history.get("loss", [])
+
+
+def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping, fine_tune_epochs=0, unfreeze=None):
     options.positive_int("epochs", epochs)
     options.positive_int("batch_size", batch_size)
     options.fraction("mixup", mixup)
@@ -193,6 +255,12 @@ def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping
         raise ValueError(f"`strategy` must be None or 'mirrored'. Received: strategy={strategy!r}")
     if early_stopping is not None:
         options.positive_int("early_stopping", early_stopping)
+    options.positive_int("fine_tune_epochs", fine_tune_epochs, minimum=0)
+    if unfreeze is not None:
+        if not fine_tune_epochs:
+            raise ValueError(f"`unfreeze` has no effect without fine-tuning epochs (`fine_tune_epochs`). "
+                             f"Received: unfreeze={unfreeze!r}")
+        options.positive_int("unfreeze", unfreeze)
 
 
 def _build(name, policy, **kwargs):
@@ -208,9 +276,20 @@ def _build(name, policy, **kwargs):
 
 
 def fit_input_shape(name, data, overrides):
-    """The data's shape if the model can take it, else resized up to the model's smallest input."""
-    from keras_cnn.registry import model_info
+    """The data's shape if the model can take it, else resized up to the model's smallest input.
 
+    A family with a `preferred_input(config, data_shape)` hook chooses itself (transfer models: the
+    backbone's channels and a per-backbone size for small images).
+    """
+    from keras_cnn.registry import _family, model_info, resolve
+
+    family = _family(name)
+    if hasattr(family, "preferred_input"):
+        shape = tuple(family.preferred_input(resolve(name, overrides), tuple(data.image_shape)))
+        if shape != tuple(data.image_shape):
+            logger.info("%s takes %s images: adapting %s from %s", name, "x".join(map(str, shape)), data.name,
+                        "x".join(map(str, data.image_shape)))
+        return shape
     height, width, channels = data.image_shape
     side = model_info(name, **overrides)["smallest_input"][0]
     if height >= side and width >= side:
@@ -283,15 +362,16 @@ def _slug(text):
 
 
 def _check_resume(folder, config, resume):
-    """Resuming with another model or data would mix two runs: refuse it."""
+    """Resuming with another model or data would mix two runs: refuse it. Returns the previous config ({})."""
     if not resume:
-        return
+        return {}
     with open(os.path.join(folder, "config.json")) as handle:
         previous = json.load(handle)
     for key in ("model", "data", "input_shape", "num_classes"):
         if previous.get(key) != json.loads(json.dumps(config[key])):
             raise ValueError(f"cannot resume {folder} with a different {key}: it was trained with "
                              f"{previous.get(key)!r}. Received: {key}={config[key]!r}")
+    return previous
 
 
 def _jsonable_arguments(arguments):
@@ -317,6 +397,16 @@ def read_history(path):
             for key in (rows[0] if rows else {}) if key != "epoch"}
 
 
+def _fine_tune_line(config):
+    tune = config.get("fine_tune")
+    if not tune:
+        return []
+    first, last = tune["from_epoch"] + 1, tune["from_epoch"] + tune["epochs"]
+    return [f"- Fine-tuning: epochs {first}-{last} with the top {len(tune['blocks'])} backbone block(s) trainable "
+            f"({tune['blocks'][0]} ... {tune['blocks'][-1]}; BatchNorm frozen), learning rate {tune['learning_rate']:g}; "
+            f"epochs 1-{tune['from_epoch']} trained the head on the frozen backbone"]
+
+
 def model_card(config, metrics, data):
     """The run folder's README.md: what the model is, its data, recipe and test metrics, how to load it."""
     arguments = config["arguments"]
@@ -330,6 +420,7 @@ def model_card(config, metrics, data):
         f"{data.sizes['test']} test images, classes: {', '.join(config['class_names'])}",
         f"- Recipe: `{arguments['recipe']}`, {arguments['epochs']} epochs (ran {config['epochs_run']}), "
         f"batch {arguments['batch_size']}, precision {config['precision']}, seed {arguments['seed']}",
+        *_fine_tune_line(config),
         f"- Best epoch: {config['best_epoch']} (by {config['monitor']}); training took {config['train_seconds']} s",
         "",
         "## Test metrics",

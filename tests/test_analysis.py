@@ -49,7 +49,8 @@ def test_dropped_pixels_are_reported():
     assert rows(keras_cnn.describe(fits))["c"].note == ""
 
 
-@pytest.mark.parametrize("name", keras_cnn.list_models())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.endswith("_transfer") else n
+                                  for n in keras_cnn.list_models()])
 def test_totals_match_keras(name):
     overrides = {"width": 0.125} if name.startswith("resnet") else {}
     model = keras_cnn.build(name, **overrides)

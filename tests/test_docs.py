@@ -27,6 +27,7 @@ EXAMPLES = {
     "train_digits.py": (["--epochs", "3", "--out", "{tmp}/run"], "accuracy per epoch"),
     "export_tflite.py": (["--epochs", "2", "--out", "{tmp}/run"], "small_int8.tflite"),
     "tuning_search.py": (["--trials", "2", "--epochs", "1", "--out", "{tmp}/tune"], "retrained best"),
+    "transfer_learning.py": ([], "transferred"),
 }
 
 

@@ -14,8 +14,9 @@ from keras_cnn import registry
 
 MODELS = keras_cnn.list_models()
 SMALL = {"resnet18": {"width": 0.125}, "resnet34": {"width": 0.125}, "deeper": {"width": 0.25}}
-# resnet34 is resnet18 with more blocks: its slow graph-tracing tests run with `pytest -m slow`.
-HEAVY = {"resnet34"}
+# resnet34 is resnet18 with more blocks, and the keras.applications backbones are large (tests/test_transfer.py
+# covers them quickly at small sizes): their generic tests here run with `pytest -m slow`.
+HEAVY = {"resnet34", *keras_cnn.list_models("*_transfer")}
 
 
 def each_model(names=MODELS):
@@ -33,7 +34,7 @@ def images(model, n=4, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, shape).astype("float32")
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", each_model())
 def test_default_build_follows_the_contract(name):
     model = keras_cnn.build(name)
     info = keras_cnn.model_info(name)
@@ -46,7 +47,7 @@ def test_default_build_follows_the_contract(name):
     np.testing.assert_allclose(np.sum(out, axis=1), 1.0, rtol=1e-5)  # softmax
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", each_model())
 def test_spatial_plan_matches_the_built_layers(name):
     """The pure-Python shape check walks the same layers, with the same sizes, as the real model."""
     model = tiny(name)
@@ -80,7 +81,7 @@ def test_keras_file_round_trip_in_safe_mode(name, tmp_path):
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", each_model())
 def test_config_round_trip(name):
     model = tiny(name)
     clone = keras.Model.from_config(model.get_config())
