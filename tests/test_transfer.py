@@ -450,15 +450,13 @@ def test_fine_tuning_arguments_are_checked(digits):
 @pytest.mark.parametrize("name, shape", [pytest.param("resnet18_transfer", (8, 8, 1), marks=pytest.mark.slow),
                                          ("mobilenetv2_transfer", (32, 32, 3))])
 def test_transfer_model_trains_a_step_and_exports_to_tflite_with_parity(tmp_path, digits, name, shape):
-    from keras_cnn.exporting import export
-
     model = keras_cnn.build(name, input_shape=shape, num_classes=10, augment="basic", flip=False,
                             **SMALL.get(name, {}))
     randomize(model.get_layer("backbone"))
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
     x, y = digits.arrays("train", image_shape=shape, limit=64)
     assert np.isfinite(model.train_on_batch(x, keras.utils.to_categorical(y, 10)))
-    report = export(model, out_dir=str(tmp_path / "export"), formats=("tflite",), quantize=("float32", "int8"),
+    report = keras_cnn.export(model, out_dir=str(tmp_path / "export"), formats=("tflite",), quantize=("float32", "int8"),
                     data=digits, test_samples=200, calibration_samples=100, latency_runs=2, verbose=False)
     rows = {row["quantization"]: row for row in report.rows if row["format"] == "tflite"}
     assert rows["float32"]["max_abs_diff"] <= 1e-4 and rows["float32"]["agreement_pct"] == 100.0

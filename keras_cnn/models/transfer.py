@@ -458,6 +458,7 @@ def _first_line(error):
 # ImageNet weights: the Keras cache, and downloading on a connected machine
 
 DOWNLOAD_TIMEOUT = 10  # seconds without an answer before a download counts as offline
+WEIGHTS_HOST = "storage.googleapis.com"  # where keras.applications downloads its weights from
 
 
 class WeightsUnavailable(FileNotFoundError):
@@ -528,6 +529,19 @@ def _missing_message(model, path, reason=None):
             f"file>. Received: weights='imagenet'")
 
 
+def _unreachable(host):
+    """Why `host` cannot be reached over HTTPS right now, or None (also None behind a proxy: urllib decides)."""
+    import socket
+
+    if any(os.environ.get(key) for key in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")):
+        return None
+    try:
+        socket.create_connection((host, 443), timeout=DOWNLOAD_TIMEOUT).close()
+    except OSError as error:
+        return f"cannot reach {host}: {error}"
+    return None
+
+
 def download_weights(name, input_shape=None, width=None):
     """Fill the Keras cache with the ImageNet weights of backbone `name` (e.g. "resnet50"); return the file.
 
@@ -549,6 +563,9 @@ def download_weights(name, input_shape=None, width=None):
     path = os.path.join(keras_cache_dir(), imagenet_file_name(config["backbone"], config))
     if os.path.isfile(path):
         return path
+    unreachable = _unreachable(WEIGHTS_HOST)  # before building a model only to have its download fail
+    if unreachable:
+        raise WeightsUnavailable(_missing_message(model, path, unreachable))
     import keras
 
     kwargs = {"alpha": float(config["width"])} if spec.widths else {}
