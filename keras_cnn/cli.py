@@ -2,7 +2,8 @@
 
 Each subcommand imports what it needs when it runs, so `keras-cnn --help` and
 `keras-cnn list` never import TensorFlow. Errors a user can fix are printed as
-one line (`keras-cnn: error: ...`, exit status 2); `--debug` shows the traceback.
+one line (`keras-cnn: error: ...`, exit status 2), command-line mistakes too;
+`--debug` shows the traceback.
 """
 import argparse
 import json
@@ -10,8 +11,10 @@ import logging
 import os
 import sys
 
-# Errors that describe bad input (or a diverged run) rather than a bug: shown as one line.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, RuntimeError)
+# Errors that describe bad input, a file system problem (missing, not writable, full) or a diverged run rather
+# than a bug: shown as one line.
+USER_ERRORS = (ValueError, OSError, RuntimeError)
+LOG_HANDLER = "keras_cnn.cli"
 
 # `keras-cnn train` options: name -> (flags, argparse keywords). The names are `keras_cnn.train` keywords,
 # so `--config RUN/config.json` can fill any of them from a previous run.
@@ -118,9 +121,12 @@ def cmd_show(args):
 
 
 def _configure_logging():
-    handler = logging.StreamHandler()
+    handler = logging.StreamHandler()  # to the current sys.stderr
+    handler.set_name(LOG_HANDLER)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("keras_cnn")
+    for previous in [h for h in logger.handlers if h.get_name() == LOG_HANDLER]:  # main() called again
+        logger.removeHandler(previous)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # TensorFlow's absl adds a root handler; without this every line prints twice
@@ -247,8 +253,15 @@ def _add_data_arguments(s, default_note):
     s.add_argument("--data-dir", help="tensorflow-datasets folder holding prepared data sets")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other `keras-cnn` error (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def parser():
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="keras-cnn",
         description="A Keras 3 model zoo of the classic tutorial CNNs: list, describe, train, evaluate, "
         "tune and export them.",
@@ -260,8 +273,9 @@ def parser():
     s = sub.add_parser("list", help="list the registered models", description="List the registered models "
                        "with their default input shape and a one-line summary.")
     s.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'res*' (default: all)")
-    s.add_argument("--json", action="store_true", help="print full model information as JSON")
-    s.add_argument("--markdown", action="store_true", help="print the model table for the README")
+    output = s.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print full model information as JSON")
+    output.add_argument("--markdown", action="store_true", help="print the model table for the README")
     s.set_defaults(handler=cmd_list)
 
     s = sub.add_parser("describe", help="per-layer shapes, parameters, MACs and receptive fields",

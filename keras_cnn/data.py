@@ -18,10 +18,12 @@ source dtype: 8-bit sources stay uint8 until batching, so an in-memory cache of 
 not 600 MB. Images resized to a common size are rounded back to uint8 for the same reason.
 
 Bad files in folders: files without an image extension (.txt, .DS_Store, ...) are skipped with one logged
-count. Files with an image extension are sniffed (first bytes only, no decoding in Python) and a file that
-is not a JPEG/PNG/BMP/GIF fails with a ValueError naming it. A file whose header is fine but whose body
-TensorFlow cannot decode (truncated, 1-bit BMP) is dropped by the pipeline with a TensorFlow warning, so
-``sizes`` counts it but batches do not contain it.
+count. Every file with an image extension has its header read (a few bytes, no decoding in Python): a file
+that is not a JPEG/PNG/BMP/GIF, whose header is cut short, or that has more than ``MAX_IMAGE_PIXELS`` pixels
+(a decompression bomb: a 100 KB PNG can claim 10000x10000) fails with a ValueError naming it. A file whose
+header is fine but whose body TensorFlow cannot decode (truncated, 1-bit BMP) is dropped by the pipeline with
+a TensorFlow warning, so ``sizes`` counts it but batches do not contain it. CMYK JPEGs, 16-bit PNGs (scaled to
+8 bits), palette and transparent images are converted to RGB or grayscale; an animated GIF gives its first frame.
 """
 
 from __future__ import annotations
@@ -29,17 +31,21 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import numbers
 import os
+import struct
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
+from keras_cnn.io import first_line
+
 logger = logging.getLogger("keras_cnn")
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-_MAGIC_BYTES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+MAX_IMAGE_PIXELS = 8192 * 8192  # 64 megapixels (200 MB decoded as RGB): larger images are refused
 _HEADER_SAMPLE = 256  # files whose size and colour mode are read to pick the folder defaults
 _SHUFFLE_BUFFER = 10_000  # splits are stored in a seeded random order, so a bounded buffer suffices
 _AUTOTUNE = tf.data.AUTOTUNE
@@ -146,14 +152,15 @@ def load_data(spec, *, val_fraction=0.1, test_fraction=0.2, seed=0, data_dir=Non
     tfds carves from the start of train: its records were shuffled when the data set was prepared.
     """
     for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 <= value < 1:
-            raise ValueError(f"{arg} must be in [0, 1). Received: {arg}={value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+            raise ValueError(f"{arg} must be a number in [0, 1). Received: {arg}={value!r}")
     if val_fraction + test_fraction >= 1:
         raise ValueError("val_fraction + test_fraction must be below 1, leaving images to train on. "
                          f"Received: val_fraction={val_fraction}, test_fraction={test_fraction}")
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
-    if image_size is not None and not (len(image_size) == 2 and _positive_ints(image_size)):
+    if image_size is not None and not (isinstance(image_size, (tuple, list)) and len(image_size) == 2
+                                       and _positive_ints(image_size)):
         raise ValueError(f"image_size must be (height, width) or an int. Received: image_size={image_size!r}")
     if color_mode not in (None, "rgb", "grayscale"):
         raise ValueError(f"color_mode must be 'rgb', 'grayscale' or None. Received: color_mode={color_mode!r}")
@@ -232,8 +239,7 @@ def _from_tfds(spec, rest, data_dir, *, fractions, seed, image_size, channels):
     except tfds.core.DatasetNotFoundError as err:
         raise ValueError(f"Unknown tfds dataset {full_name!r}. Received: spec={spec!r}") from err
     except Exception as err:  # tfds reports bad configs etc. with many-line messages; keep the first line
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"Cannot open tfds dataset {full_name!r}: {first_line}. Received: spec={spec!r}") from err
+        raise ValueError(f"Cannot open tfds dataset {full_name!r}: {first_line(err)}. Received: spec={spec!r}") from err
     if not builder.is_prepared():
         raise ValueError(
             f"tfds dataset {full_name!r} is not downloaded/prepared in {builder.data_dir_root}, and this "
@@ -300,10 +306,10 @@ def _from_folder(spec, path, *, fractions, seed, image_size, channels):
         logger.warning("%s: skipped %d files without an image extension %s (e.g. %s).",
                        os.path.basename(root), len(skipped), IMAGE_EXTENSIONS, skipped[0])
     all_files = [f for files, _, _ in listed.values() for f in files]
-    for file in all_files:  # reads a few bytes per file: about 1 s for 60,000 files
-        with open(file, "rb") as handle:
-            if not handle.read(4).startswith(_MAGIC_BYTES):
-                raise ValueError(f"{file} is not a JPEG/PNG/BMP/GIF image; remove or replace it.")
+    for file in all_files:  # reads a few bytes per file: about 2 s for 60,000 files
+        if image_header(file) is None:
+            raise ValueError(f"{file} is not a JPEG/PNG/BMP/GIF image or its header is cut short; "
+                             "remove or replace it.")
     common_size, any_color = _sample_headers(all_files, seed)
     shape = _stored_shape(common_size, 3 if any_color else 1, image_size, channels)
 
@@ -353,7 +359,7 @@ def _sample_headers(files, seed):
                 sizes[image.size[::-1]] += 1
                 any_color |= image.mode not in ("1", "L", "LA", "I", "I;16", "F")
         except OSError as err:
-            raise ValueError(f"{files[i]} is not a readable image: {err}") from err
+            raise ValueError(f"{files[i]} is not a readable image: {first_line(err)}; remove or replace it.") from err
     return sizes.most_common(1)[0][0], any_color
 
 
@@ -393,11 +399,55 @@ def read_image(image, shape):
     path = str(image)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: file not found")
+    if image_header(path) is None:
+        raise ValueError(f"{path}: not a readable image ({', '.join(IMAGE_EXTENSIONS)})")
     try:
         decoded = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
         raise ValueError(f"{path}: not a readable image ({', '.join(IMAGE_EXTENSIONS)})") from None
     return tf.cast(_adapt(decoded, shape), tf.float32).numpy()
+
+
+def image_header(path):
+    """(height, width) from the header of a JPEG/PNG/BMP/GIF file; None if it is none of them or the header is
+    cut short. Raises ValueError naming the file if it has more than ``MAX_IMAGE_PIXELS`` pixels."""
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+        if head.startswith(b"\xff\xd8\xff"):
+            size = _jpeg_size(handle)
+        elif head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 24:
+            size = struct.unpack(">II", head[16:24])[::-1]
+        elif head.startswith((b"GIF87a", b"GIF89a")) and len(head) >= 10:
+            size = struct.unpack("<HH", head[6:10])[::-1]
+        elif head.startswith(b"BM") and len(head) >= 26:
+            os2 = head[14:18] == b"\x0c\0\0\0"  # OS/2 headers (12 bytes long) have 16-bit sizes
+            width, height = struct.unpack("<HH", head[18:22]) if os2 else struct.unpack("<ii", head[18:26])
+            size = (abs(height), width)  # a negative height means top-down rows
+        else:
+            return None
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{path} has {size[1]}x{size[0]} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
+                         "(a guard against decompression bombs); downscale or remove it.")
+    return size
+
+
+def _jpeg_size(handle):
+    """(height, width) from the first start-of-frame marker of a JPEG, or None if the file ends first."""
+    handle.seek(2)
+    while True:
+        marker = handle.read(4)  # 0xFF, the marker type, a 2-byte segment length
+        if len(marker) < 4 or marker[0] != 0xFF:
+            return None
+        if marker[1] == 0xFF:  # fill byte before a marker
+            handle.seek(-3, os.SEEK_CUR)
+        elif 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):  # SOF0-15 but DHT, JPG, DAC
+            frame = handle.read(5)  # precision, height, width
+            return struct.unpack(">HH", frame[1:]) if len(frame) == 5 else None
+        else:
+            length = struct.unpack(">H", marker[2:])[0]  # counts its own 2 bytes
+            if length < 2:
+                return None
+            handle.seek(length - 2, os.SEEK_CUR)
 
 
 def _stored_shape(native_size, native_channels, image_size, channels):

@@ -33,7 +33,7 @@ import tempfile
 
 import numpy as np
 
-from keras_cnn.io import write_json, write_text
+from keras_cnn.io import make_folder, write_json, write_text
 from keras_cnn.prediction import SIGNATURE, keras_artifact, latency_ms, load_artifact, sidecar_path
 
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -141,8 +141,7 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
     source_agreement = _check_rebuild(model, expected, x_test, precision)
     calibration = _calibration_set(image_data, shape, calibration_samples) if "int8" in tflite else None
 
-    os.makedirs(out_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=out_dir)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=make_folder(out_dir, "out_dir"))
     try:
         staged = _stage(rebuild, name, staging, formats, tflite, io, calibration)
         rows = [_measure(reference, "keras", "float32", x_test, y_test, expected, latency_runs,

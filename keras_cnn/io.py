@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import zipfile
 
 RUN_FILES = ("model.keras", "config.json", "labels.txt")
 _UMASK = os.umask(0)
@@ -30,6 +31,22 @@ def atomic_path(final_path):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def make_folder(path, argument):
+    """`os.makedirs(path, exist_ok=True)`, or one line naming `argument` when the folder cannot be made or written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"cannot use {path} as a folder: it is a file; choose another place. "
+                              f"Received: {argument}={str(path)!r}")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise type(error)(f"cannot create the folder {path}: {error.strerror or error}; choose another place. "
+                          f"Received: {argument}={str(path)!r}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write into the folder {path}: permission denied; choose another place. "
+                              f"Received: {argument}={str(path)!r}")
+    return path
 
 
 def write_text(path, text):
@@ -64,19 +81,23 @@ def load_model(path):
     import keras_cnn.recipes  # noqa: F401
 
     path = str(path)
+    received = f"Received: path={path!r}"
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise FileNotFoundError(f"model file not found: {path}. {received}")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise ValueError(f"cannot load {path}: the file is damaged or cut short (a .keras file is a zip archive); "
+                         f"train or download it again. {received}")
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except ValueError as error:
         if "safe_mode" in str(error) or "Lambda" in str(error):
             raise ValueError(f"refusing to load {path}: it contains code (a Lambda layer or a pickled function), "
-                             "which could run anything; only load it with Keras yourself if you trust its source")\
-                from None
-        raise ValueError(f"cannot load {path}: {_first_line(error)}") from None
-    except (OSError, KeyError, TypeError, EOFError) as error:  # zip/h5 corruption surfaces as these
-        raise ValueError(f"cannot load {path}: the file is damaged or not a Keras model ({_first_line(error)})")\
-            from None
+                             "which could run anything; only load it with Keras yourself if you trust its source. "
+                             f"{received}") from None
+        raise ValueError(f"cannot load {path}: {first_line(error)}. {received}") from None
+    except (OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:  # zip/h5 corruption
+        raise ValueError(f"cannot load {path}: the file is damaged or not a Keras model ({first_line(error)}). "
+                         f"{received}") from None
 
 
 def load_weights(model, path):
@@ -86,11 +107,12 @@ def load_weights(model, path):
     except (ValueError, KeyError, OSError) as error:
         raise ValueError(
             f"cannot load weights from {path} into {model.name}: the file does not match this architecture "
-            f"({_first_line(error)}). Received: weights={str(path)!r}"
+            f"({first_line(error)}). Received: weights={str(path)!r}"
         ) from None
 
 
-def _first_line(error):
+def first_line(error):
+    """The first line of an exception's message (its type name if it has none), for one-line errors."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -108,16 +130,17 @@ class Run:
 def load(run_dir):
     """Load a run folder written by `keras_cnn.train` (model.keras, config.json, labels.txt)."""
     run_dir = str(run_dir)
+    received = f"Received: run_dir={run_dir!r}"
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"run folder not found: {run_dir}")
+        raise FileNotFoundError(f"run folder not found: {run_dir}. {received}")
     missing = [name for name in RUN_FILES if not os.path.isfile(os.path.join(run_dir, name))]
     if missing:
-        raise ValueError(f"{run_dir} is not a keras-cnn run folder: it has no {', '.join(missing)}")
+        raise ValueError(f"{run_dir} is not a keras-cnn run folder: it has no {', '.join(missing)}. {received}")
     with open(os.path.join(run_dir, "config.json")) as handle:
         try:
             config = json.load(handle)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{run_dir}/config.json is not valid JSON ({error})") from None
+            raise ValueError(f"{run_dir}/config.json is not valid JSON ({error}). {received}") from None
     with open(os.path.join(run_dir, "labels.txt")) as handle:
         class_names = [line.rstrip("\n") for line in handle if line.strip()]
     model = load_model(os.path.join(run_dir, "model.keras"))

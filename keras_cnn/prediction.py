@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 
+from keras_cnn.io import first_line
+
 _WARMUP = 3  # untimed calls before a latency measurement
 SIGNATURE = "serve"  # the SavedModel / TFLite signature keras_cnn.exporting writes
 _BATCH = 256  # images per runtime call when predicting many at once
@@ -94,7 +96,7 @@ def load_artifact(path):
     """Load `path` in its own runtime: run folder / `.keras`, SavedModel folder, `.tflite` or `.onnx`."""
     path = str(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"artifact not found: {path}")
+        raise FileNotFoundError(f"artifact not found: {path}. Received: artifact={path!r}")
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
         return _load_saved_model(path)
     if os.path.isdir(path) or path.endswith(".keras"):
@@ -159,7 +161,11 @@ def _load_keras(path):
 def _load_saved_model(path):
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(path)
+    try:
+        loaded = tf.saved_model.load(path)
+    except (OSError, ValueError) as error:  # a damaged saved_model.pb: "Cannot parse file ..."
+        raise ValueError(f"cannot load the SavedModel {path}: it is damaged ({first_line(error)}); export it again. "
+                         f"Received: artifact={path!r}") from None
     signatures = loaded.signatures
     name = SIGNATURE if SIGNATURE in signatures else "serving_default"
     if name not in signatures:
@@ -178,8 +184,12 @@ def _load_saved_model(path):
 
 
 def _load_tflite(path):
-    interpreter = _interpreter(path)
-    interpreter.allocate_tensors()
+    try:
+        interpreter = _interpreter(path)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:  # "The model is not a valid Flatbuffer buffer", ...
+        raise ValueError(f"cannot load {path}: it is not a valid TFLite model ({first_line(error)}); export it "
+                         f"again. Received: artifact={path!r}") from None
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; predict runs image "

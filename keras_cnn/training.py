@@ -6,7 +6,8 @@ The run folder (default `saved_models/<model>-<data>-<timestamp>/`) holds
 `metrics.json`, `curves.png`, `confusion_matrix.png` and a `README.md` model
 card. Every file is written atomically; `backup/` holds Keras's
 `BackupAndRestore` state while a run is in progress, so a killed run resumes
-from its last finished epoch with `resume=True`.
+from its last finished epoch with `resume=True`. The folder is created only
+once the model is built, so a bad model, option or shape leaves nothing.
 
 Transfer models (`*_transfer`) can train in two phases: `epochs` with the
 backbone frozen, then `fine_tune_epochs` with its top `unfreeze` blocks
@@ -125,7 +126,8 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
     from keras_cnn import viz
     from keras_cnn.data import ImageData, load_data
 
-    _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping, fine_tune_epochs, unfreeze)
+    _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping, fine_tune_epochs, unfreeze,
+                     num_classes)
     name = model if isinstance(model, str) else model.name
     if not isinstance(model, str) and (overrides or input_shape is not None or strategy or weights is not None):
         raise ValueError("overrides, input_shape, weights and strategy apply to models built by name; build the "
@@ -133,7 +135,6 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
     keras.utils.set_random_seed(seed)
     if not isinstance(data, ImageData):
         data = load_data(data, seed=seed, **(data_options or {}))
-    folder = run_folder(out, name, data.name, resume)
     started = time.perf_counter()
 
     policy = recipes.resolve_precision(precision) if isinstance(model, str) else model.dtype_policy.name
@@ -156,6 +157,7 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         model.compile(optimizer=recipes.optimizer(recipe, total_steps=epochs * steps, learning_rate=learning_rate),
                       loss=loss, metrics=metrics, jit_compile=False)
 
+    folder = run_folder(out, name, data.name, resume)
     config = {
         "model": name, "data": data.spec or data.name, "data_options": {**(data_options or {}), "seed": seed},
         "input_shape": list(image_shape), "num_classes": model.output_shape[-1], "class_names": data.class_names,
@@ -244,7 +246,8 @@ def _fine_tune(model, fit, config, folder, *, recipe, learning_rate, steps, labe
     return history.history.get("loss", [])
 
 
-def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping, fine_tune_epochs=0, unfreeze=None):
+def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping, fine_tune_epochs=0, unfreeze=None,
+                     num_classes=None):
     options.positive_int("epochs", epochs)
     options.positive_int("batch_size", batch_size)
     options.fraction("mixup", mixup)
@@ -256,6 +259,8 @@ def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping
     if early_stopping is not None:
         options.positive_int("early_stopping", early_stopping)
     options.positive_int("fine_tune_epochs", fine_tune_epochs, minimum=0)
+    if num_classes is not None:
+        options.num_classes(num_classes)
     if unfreeze is not None:
         if not fine_tune_epochs:
             raise ValueError(f"`unfreeze` has no effect without fine-tuning epochs (`fine_tune_epochs`). "
@@ -340,11 +345,10 @@ def run_folder(out, model_name, data_name, resume):
             raise ValueError(f"--resume needs the folder of an interrupted run (with config.json). Received: out={out!r}")
         return out
     if out is not None:
-        if os.path.exists(out) and os.listdir(out):
+        if os.path.isdir(out) and os.listdir(out):
             raise ValueError(f"{out} already exists and is not empty: pass --resume to continue that run or "
                              f"choose another --out. Received: out={out!r}")
-        os.makedirs(out, exist_ok=True)
-        return out
+        return io.make_folder(out, "out")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = os.path.join(DEFAULT_OUT, f"{model_name}-{_slug(data_name)}-{stamp}")
     for attempt in range(1, 1000):

@@ -19,7 +19,7 @@ import pytest
 import keras_cnn
 from keras_cnn import export, predict  # the package's functions, resolved before the modules below
 from keras_cnn.exporting import ExportError, flex_ops, inference_model
-from keras_cnn.io import save_model, write_json, write_text
+from keras_cnn.io import write_json
 
 export_module = importlib.import_module("keras_cnn.exporting")
 SHAPE = (8, 8, 1)
@@ -56,30 +56,6 @@ def run_litert(interpreter, x, sidecar):
         q = spec_out["quantization"]
         y = (y - q["zero_point"]) * q["scale"]
     return y
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return keras_cnn.load_data("digits")
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, digits):
-    """A run folder as keras_cnn.train writes it, holding a SmallCNN trained for two epochs."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = tiny_model()
-    x, y = digits.arrays("train", image_shape=SHAPE)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
-    folder = tmp_path_factory.mktemp("run")
-    save_model(model, folder / "model.keras")
-    write_json(folder / "config.json", {"model": "small", "data": "digits", "data_options": {},
-                                        "input_shape": list(SHAPE), "class_names": CLASS_NAMES,
-                                        "precision": "float32"})
-    write_text(folder / "labels.txt", "".join(f"{name}\n" for name in CLASS_NAMES))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import pytest
 import keras_cnn
 from keras_cnn.data import read_image
 from keras_cnn import export, predict  # the package's functions, resolved before the module below
-from keras_cnn.io import save_model, write_json, write_text
 
 predict_module = importlib.import_module("keras_cnn.prediction")
 SHAPE = (8, 8, 1)
@@ -21,27 +20,10 @@ CLASS_NAMES = [f"d{i}" for i in range(10)]
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return keras_cnn.load_data("digits")
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, digits):
-    """A trained run folder, exported to SavedModel and float32 / int8 TFLite."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras_cnn.build("small", input_shape=SHAPE, width=0.25, num_classes=10)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(*digits.arrays("train", image_shape=SHAPE), epochs=2, batch_size=64, verbose=0)
-    folder = tmp_path_factory.mktemp("run")
-    save_model(model, folder / "model.keras")
-    write_json(folder / "config.json", {"model": "small", "data": "digits", "data_options": {},
-                                        "input_shape": list(SHAPE), "class_names": CLASS_NAMES,
-                                        "precision": "float32"})
-    write_text(folder / "labels.txt", "".join(f"{name}\n" for name in CLASS_NAMES))
-    export(folder, formats=("saved_model", "tflite"), quantize=("float32", "int8"), latency_runs=1, verbose=False)
-    return folder
+def run_dir(run_dir):
+    """conftest's trained run folder, exported to SavedModel and float32 / int8 TFLite."""
+    export(run_dir, formats=("saved_model", "tflite"), quantize=("float32", "int8"), latency_runs=1, verbose=False)
+    return run_dir
 
 
 @pytest.fixture(scope="module")
