@@ -21,8 +21,9 @@ Nothing reaches `out_dir` unverified. Every artifact is written to a staging fol
 runtime (TensorFlow, the LiteRT interpreter, ONNX Runtime) through `keras_cnn.prediction`'s loaders and
 run on up to 2,000 held-out test images. A float32 artifact whose probabilities differ from the
 rebuild's by more than 1e-4 raises `ExportError` and is deleted; quantized artifacts whose top-1
-accuracy drops by more than `max_accuracy_drop` points are flagged in the report. Only then are the
-artifacts moved into place, so a failed or interrupted export leaves the previous files untouched.
+accuracy drops by more than `max_accuracy_drop` points are flagged in the report. Only then, with their
+sidecars, labels.txt and the report written next to them, are the files renamed into place, so a failed
+or interrupted export leaves the previous files untouched.
 """
 import dataclasses
 import importlib.util
@@ -283,13 +284,17 @@ def _stage(rebuild, name, staging, formats, tflite, io, calibration):
 
 
 def _install(artifacts, staging, report, class_names):
-    """Move the verified artifacts into `report.out_dir`, then their sidecars, labels.txt and the report."""
+    """Write the sidecars, labels.txt and the report into `staging` next to the verified artifacts, then move
+    everything into `report.out_dir`: a writer that fails leaves the previous export as it was."""
+    files = []
     for artifact, fmt, quantization in artifacts:
         final = os.path.join(report.out_dir, os.path.basename(artifact.path))
-        _move(artifact.path, final, staging)
-        write_json(sidecar_path(final), _sidecar(artifact, final, fmt, quantization, report, class_names))
-    write_text(os.path.join(report.out_dir, "labels.txt"), "".join(f"{c}\n" for c in class_names))
-    write_json(os.path.join(report.out_dir, REPORT_FILE), report.to_dict())
+        write_json(sidecar_path(artifact.path), _sidecar(artifact, final, fmt, quantization, report, class_names))
+        files += [artifact.path, sidecar_path(artifact.path)]
+    write_text(os.path.join(staging, "labels.txt"), "".join(f"{c}\n" for c in class_names))
+    write_json(os.path.join(staging, REPORT_FILE), report.to_dict())
+    for staged in [*files, os.path.join(staging, "labels.txt"), os.path.join(staging, REPORT_FILE)]:
+        _move(staged, os.path.join(report.out_dir, os.path.basename(staged)), staging)
 
 
 def _write_saved_model(model, path):

@@ -2,16 +2,21 @@
 
 Every file this project writes goes to a temporary name in the same folder
 first and is moved into place with `os.replace`, so an interrupted run never
-leaves a half-written `model.keras` or JSON file under its final name.
+leaves a half-written `model.keras` or JSON file under its final name. A
+process killed mid-write leaves only a temporary (`is_temporary`), which
+`remove_temporaries` deletes when the run is resumed.
 """
 import contextlib
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import zipfile
 
 RUN_FILES = ("model.keras", "config.json", "labels.txt")
+# What `atomic_path` names its temporaries: ".<final name>.<8 random characters><extension or .tmp>".
+_TEMPORARY = re.compile(r"\.(?P<base>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)")
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp creates 0600 files, finished files get the usual 0666 & ~umask
 
@@ -33,6 +38,19 @@ def atomic_path(final_path):
             os.remove(temporary)
 
 
+def is_temporary(name):
+    """Whether file `name` is a temporary that `atomic_path` creates (left behind only by a killed process)."""
+    match = _TEMPORARY.fullmatch(name)
+    return bool(match) and match["suffix"] == (os.path.splitext(match["base"])[1] or ".tmp")
+
+
+def remove_temporaries(folder):
+    """Delete the temporaries a killed process left in `folder`; their final files are untouched."""
+    for name in os.listdir(folder):
+        if is_temporary(name):
+            os.remove(os.path.join(folder, name))
+
+
 def make_folder(path, argument):
     """`os.makedirs(path, exist_ok=True)`, or one line naming `argument` when the folder cannot be made or written."""
     if os.path.exists(path) and not os.path.isdir(path):
@@ -47,6 +65,22 @@ def make_folder(path, argument):
         raise PermissionError(f"cannot write into the folder {path}: permission denied; choose another place. "
                               f"Received: {argument}={str(path)!r}")
     return path
+
+
+def reserve_folder(base):
+    """Create and return a new folder named `base`, else `base-2`, `base-3`, ...: exactly one caller gets each.
+
+    `os.mkdir` is atomic, so processes started at the same moment with the same `base` never share a folder.
+    """
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    for attempt in range(1, 1000):
+        folder = base if attempt == 1 else f"{base}-{attempt}"
+        try:
+            os.mkdir(folder)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a new folder next to {base}: 999 exist. Received: base={base!r}")
 
 
 def write_text(path, text):

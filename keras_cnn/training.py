@@ -6,8 +6,10 @@ The run folder (default `saved_models/<model>-<data>-<timestamp>/`) holds
 `metrics.json`, `curves.png`, `confusion_matrix.png` and a `README.md` model
 card. Every file is written atomically; `backup/` holds Keras's
 `BackupAndRestore` state while a run is in progress, so a killed run resumes
-from its last finished epoch with `resume=True`. The folder is created only
-once the model is built, so a bad model, option or shape leaves nothing.
+from its last finished epoch with `resume=True`. An epoch counts as finished
+once its history row, its checkpoint and then its backup are written; an
+epoch cut short is trained again and its row replaced. The folder is created
+only once the model is built, so a bad model, option or shape leaves nothing.
 
 Transfer models (`*_transfer`) can train in two phases: `epochs` with the
 backbone frozen, then `fine_tune_epochs` with its top `unfreeze` blocks
@@ -177,14 +179,14 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
     best = BestCheckpoint(folder, monitor)
 
     def fit(first_epoch, last_epoch, last_phase, append):
-        fit_callbacks = [
-            keras.callbacks.BackupAndRestore(os.path.join(folder, "backup"), double_checkpoint=True,
-                                             delete_checkpoint=last_phase),  # phase 2 resumes from phase 1's end
+        fit_callbacks = [  # in this order at each epoch's end: the backup marks the epoch finished, so it is last
             keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=append),
             best,
             keras.callbacks.TerminateOnNaN(),
             *([keras.callbacks.EarlyStopping(monitor, patience=early_stopping, mode="max")] if early_stopping else []),
             *([keras.callbacks.TensorBoard(os.path.join(folder, "logs"))] if tensorboard else []),
+            keras.callbacks.BackupAndRestore(os.path.join(folder, "backup"), double_checkpoint=True,
+                                             delete_checkpoint=last_phase),  # phase 2 resumes from phase 1's end
             *callbacks,
         ]
         return model.fit(train_set, validation_data=val_set, initial_epoch=first_epoch, epochs=last_epoch,
@@ -343,6 +345,7 @@ def run_folder(out, model_name, data_name, resume):
     if resume:
         if out is None or not os.path.isfile(os.path.join(out, "config.json")):
             raise ValueError(f"--resume needs the folder of an interrupted run (with config.json). Received: out={out!r}")
+        io.remove_temporaries(out)  # what a killed write left behind
         return out
     if out is not None:
         if os.path.isdir(out) and os.listdir(out):
@@ -350,15 +353,7 @@ def run_folder(out, model_name, data_name, resume):
                              f"choose another --out. Received: out={out!r}")
         return io.make_folder(out, "out")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = os.path.join(DEFAULT_OUT, f"{model_name}-{_slug(data_name)}-{stamp}")
-    for attempt in range(1, 1000):
-        folder = base if attempt == 1 else f"{base}-{attempt}"
-        try:
-            os.makedirs(folder)  # atomic: exactly one process creates a given name
-            return folder
-        except FileExistsError:
-            continue
-    raise ValueError(f"could not create a run folder next to {base}")
+    return io.reserve_folder(os.path.join(DEFAULT_OUT, f"{model_name}-{_slug(data_name)}-{stamp}"))
 
 
 def _slug(text):
@@ -392,11 +387,12 @@ def _versions():
 
 
 def read_history(path):
-    """history.csv (appended across resumes) as {column: [values per epoch]}."""
+    """history.csv (appended across resumes) as {column: [values per epoch]}; an epoch logged twice (cut short
+    by a kill after its row was written, then trained again) counts once, with its last row."""
     import csv
 
     with open(path) as handle:
-        rows = list(csv.DictReader(handle))
+        rows = list({row["epoch"]: row for row in csv.DictReader(handle)}.values())
     return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "", "NA")]  # NA: no val split
             for key in (rows[0] if rows else {}) if key != "epoch"}
 
