@@ -1,5 +1,6 @@
 """Hyperparameter search (tuning/): zoo models from spaces, rejected configurations, budgets, resume,
 results and the retrained model; memory over many trials, Hyperband and distributed mode are slow."""
+import gc
 import glob
 import json
 import os
@@ -11,12 +12,14 @@ import textwrap
 
 import keras
 import keras_tuner
+import numpy as np
 import pytest
+from tensorflow.python.framework.func_graph import FuncGraph
 
 import keras_cnn
 from tuning import budgets, results, search, spaces
 from tuning.hypermodel import ZooHyperModel
-from tuning.search import HyperbandOracle, HyperbandTuner, ZooTuner, make_tuner
+from tuning.search import HyperbandOracle, HyperbandTuner, ZooTuner, _custom_gradients_released, make_tuner
 
 DIGITS = (8, 8, 1)
 FAST = dict(epochs=2, verbose=0, seed=3)
@@ -100,6 +103,22 @@ def test_budgets_refuse_a_model_cheap_limits_first():
     assert record["tflite_kb"] > 4 * model.count_params() / 1024 * 0.8 and record["latency_ms"] > 0
     with pytest.raises(ValueError, match="Received: max_macs=0"):
         budgets.check({"max_macs": 0})
+
+
+def test_a_trained_models_graph_does_not_outlive_its_trial():
+    def train_steps():  # Keras's traced training steps still in memory
+        gc.collect()
+        return sum(isinstance(o, FuncGraph) and o.name == "one_step_on_data" for o in gc.get_objects())
+
+    before = train_steps()  # other tests may have trained outside a trial
+    x, y = np.zeros((16, *DIGITS), "float32"), np.eye(10, dtype="float32")[np.arange(16) % 10]
+    with _custom_gradients_released():
+        model = hypermodel(tiny).build(keras_tuner.HyperParameters())
+        model.fit(x, y, epochs=1, verbose=0)
+        assert train_steps() > before
+    del model
+    keras.backend.clear_session()
+    assert train_steps() == before  # TensorFlow's gradient registry would keep it
 
 
 def test_a_search_completes_when_most_proposals_are_impossible(finished):
