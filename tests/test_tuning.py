@@ -253,9 +253,9 @@ def test_memory_stays_flat_over_many_trials(tmp_path):
     result = search("digits", space=tiny, max_trials=20, epochs=1, out=str(tmp_path / "tune"), retrain=False,
                     verbose=0)
     rss = [row["rss_mb"] for row in result.trials]
-    # TensorFlow keeps each trained model's traced graphs past clear_session (~3 MB a trial here); before the
-    # optimizer was built outside the traced step it kept ~7.5 MB a trial (130 MB by trial 20).
-    assert len(rss) == 20 and rss[19] - rss[2] < 80, rss
+    # Measured from trial 3 to 20: +4 to +14 MB (warm-up, then flat; RSS also swings by up to 7 MB from one
+    # trial to the next). When each trial's training graph stayed in TensorFlow's gradient registry: +44 to +51.
+    assert len(rss) == 20 and rss[19] - rss[2] < 20, rss
 
 
 @pytest.mark.slow
