@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""The performance benchmark suite: speed, memory and time to accuracy, side by side with the PyTorch peer.
+
+Every subcommand prints a table and, with --json, writes it with a description of the machine (CPU model,
+cores, instruction-set flags, load average, library versions): numbers from shared, noisy machines only
+mean something next to each other, so the peer runs in the same process tree, interleaved with ours, and
+results are quoted as ratios. Not unit tests.
+
+    python benchmarks/bench.py peak                                  # matmul GFLOP/s: the ceiling
+    python benchmarks/bench.py train --models small deeper --peer ../shared/bench/torch_reference.py
+    python benchmarks/bench.py infer --model small                   # Keras, SavedModel, every TFLite variant
+    python benchmarks/bench.py memory --model deeper --epochs 6      # RSS after each epoch
+    python benchmarks/bench.py pipeline --data ~/.cache/cifar10-jpg  # folder vs in-memory arrays
+    python benchmarks/bench.py time-to-accuracy --model resnet18 --minutes 30 --data ~/.cache/cifar10-jpg
+
+`train` times what `keras-cnn train` does (keras_cnn.train: precision "auto", the sgd recipe, batch 128,
+in-memory data) from outside, with a Keras callback, on epochs after the first; the peer is
+`torch_reference.py throughput` in float32 and bf16 autocast, both channels_last; the ratio is ours over
+the peer's faster path.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+import keras_cnn  # noqa: E402
+
+FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+CIFAR = os.path.expanduser("~/.cache/cifar10-jpg")
+
+
+def machine():
+    """What the numbers were measured on."""
+    info = {"cpu": platform.processor(), "cores": os.cpu_count(), "flags": [], "python": platform.python_version(),
+            "load_average": os.getloadavg()}
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            text = cpuinfo.read()
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+        present = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
+        info["flags"] = [flag for flag in FLAGS if flag in present]
+    except (OSError, StopIteration):
+        pass
+    import tensorflow as tf
+
+    info.update(tensorflow=tf.__version__, keras=keras.__version__)
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def report(args, title, header, rows, extra=None):
+    """Print `rows` under `header` and write the JSON file (machine included) when --json was given."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    print(f"\n{title}")
+    for line in (header, *rows):
+        print("  ".join(str(cell).rjust(width) for cell, width in zip(line, widths)))
+    if args.json:
+        from keras_cnn.io import write_json
+
+        write_json(args.json, {"benchmark": args.command, "arguments": {k: v for k, v in vars(args).items() if k != "function"}, "machine": machine(),
+                               "rows": [dict(zip(header, row)) for row in rows], **(extra or {})})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# peak: the matmul ceiling
+
+
+def matmul_gflops(size=2048, dtype="float32", seconds=2.0):
+    """Sustained GFLOP/s of a square TensorFlow matmul, the best this CPU does on dense float math."""
+    import tensorflow as tf
+
+    a = tf.random.uniform((size, size), dtype=dtype)
+    multiply = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, a)))
+    multiply()
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        multiply().numpy()
+        runs += 1
+    return 2 * size ** 3 * runs / (time.perf_counter() - start) / 1e9
+
+
+def peak(args):
+    rows = [(dtype, f"{matmul_gflops(dtype=dtype):.1f}") for dtype in ("float32", "bfloat16")]
+    report(args, "Matmul 2048x2048, GFLOP/s", ("dtype", "GFLOP/s"), rows)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train: images/second of the default training path, beside the PyTorch peer
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Seconds of each training epoch, timed from outside keras_cnn.train as any user can."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def random_data(count, shape=(32, 32, 3), classes=10, seed=0):
+    """`count` random training images in [0, 255] with labels, as an ImageData with no validation split."""
+    import numpy as np
+
+
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 255, (count + classes * 2, *shape)).astype("float32")
+    y = np.arange(len(x)) % classes
+    return keras_cnn.load_data((x, y), val_fraction=0, test_fraction=classes * 2 / len(x), seed=seed)
+
+
+def keras_throughput(model, data, epochs=3, batch_size=128, **options):
+    """Training images/second of keras_cnn.train on `data`: median over the epochs after the first."""
+
+    timer = EpochTimer()
+    with tempfile.TemporaryDirectory(prefix="bench-") as out:
+        run = keras_cnn.train(model, data, epochs=epochs, batch_size=batch_size, recipe="sgd", out=out,
+                              callbacks=[timer], verbose=0, **options)
+    steps = -(-data.sizes["train"] // batch_size)
+    return steps * batch_size / statistics.median(timer.seconds[1:]), run
+
+
+def peer_throughput(peer, model, batch_size=128, steps=40, bf16=False):
+    """Images/second of torch_reference.py's training steps (channels_last), run as a child process."""
+    command = [sys.executable, peer, "throughput", "--model", model, "--batch-size", str(batch_size),
+               "--steps", str(steps), "--channels-last", *(["--bf16"] if bf16 else [])]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])["images_per_second"]
+
+
+def train_flops_per_image(model_name, shape=(32, 32, 3)):
+    """Forward + backward FLOPs per training image: 3 passes of 2 FLOPs per multiply-accumulate."""
+
+    return 6 * keras_cnn.describe(model_name, input_shape=shape, num_classes=10).total_macs
+
+
+def train(args):
+    ceiling = matmul_gflops()
+    rows, raw = [], {}
+    for name in args.models:
+        data = random_data(args.batch_size * args.steps)
+        samples = {"keras": [], "peer_fp32": [], "peer_bf16": []}
+        for repeat in range(args.repeats):  # interleaved, so both see the same machine
+            speed, run = keras_throughput(name, data, batch_size=args.batch_size, precision=args.precision)
+            samples["keras"].append(speed)
+            if args.peer:
+                samples["peer_fp32"].append(peer_throughput(args.peer, name, args.batch_size, args.steps))
+                samples["peer_bf16"].append(peer_throughput(args.peer, name, args.batch_size, args.steps, True))
+            print(f"{name} repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in samples.items() if v),
+                  flush=True)
+        ours = statistics.median(samples["keras"])
+        gflops = ours * train_flops_per_image(name) / 1e9
+        row = [name, run.config["precision"], f"{ours:.0f}", f"{gflops:.1f}", f"{gflops / ceiling:.0%}"]
+        if args.peer:
+            fp32, bf16 = statistics.median(samples["peer_fp32"]), statistics.median(samples["peer_bf16"])
+            row += [f"{fp32:.0f}", f"{bf16:.0f}", f"{ours / max(fp32, bf16):.2f}x"]
+        rows.append(row)
+        raw[name] = samples
+    header = ["model", "precision", "img/s", "GFLOP/s", "of peak"]
+    if args.peer:
+        header += ["peer fp32 img/s", "peer bf16 img/s", "ours / peer best"]
+    report(args, f"Training throughput, batch {args.batch_size} (matmul peak {ceiling:.0f} GFLOP/s), "
+                 f"median of {args.repeats}", header, rows, {"samples": raw, "matmul_gflops": ceiling})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# infer: batch-1 latency and batch throughput of every runtime
+
+
+def infer(args):
+    import numpy as np
+
+    from keras_cnn.prediction import keras_artifact, load_artifact, median_ms
+
+    if args.run:
+        model, data = keras_cnn.load(args.run).model, None
+    else:  # speed does not depend on the weights
+        model, data = keras_cnn.build(args.model, input_shape=(32, 32, 3), num_classes=10), random_data(1000)
+    batch = np.random.default_rng(0).uniform(0, 255, (args.batch_size, *model.input_shape[1:])).astype("float32")
+    with tempfile.TemporaryDirectory(prefix="bench-infer-") as out:
+        exported = keras_cnn.export(args.run or model, out, formats=("saved_model", "tflite"),
+                                    quantize=("float32", "float16", "dynamic", "int8"), data=data,
+                                    latency_runs=2, verbose=False)
+        rows = []
+        for row in exported.rows:
+            keras_row = row["format"] == "keras"
+            artifact = keras_artifact(model) if keras_row else load_artifact(os.path.join(out, row["artifact"]))
+            single = median_ms(lambda: artifact.run(batch[:1]), args.runs)
+            many = median_ms(lambda: artifact.probabilities(batch), max(3, args.runs // 20))
+            size = "" if row["size_kb"] is None else f"{row['size_kb']:.0f}"
+            rows.append((row["format"], row["quantization"], size, f"{single:.2f}",
+                         f"{args.batch_size / many * 1000:.0f}"))
+    report(args, f"Inference of {exported.model}: batch-1 latency (median of {args.runs}) and "
+                 f"batch-{args.batch_size} throughput", ("format", "quantization", "KB", "batch-1 ms", "img/s"), rows)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# memory: resident set size after each epoch
+
+
+def rss_mb():
+    """(current, peak) resident set size of this process in MB, from /proc (Linux)."""
+    values = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                values[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+class MemoryProbe(keras.callbacks.Callback):
+    """RSS and peak RSS after each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        current, peak = rss_mb()
+        self.rows.append((epoch + 1, f"{current:.0f}", f"{peak:.0f}"))
+        print(f"epoch {epoch + 1}: RSS {current:.0f} MB, peak {peak:.0f} MB", flush=True)
+
+
+def memory(args):
+    data = (keras_cnn.load_data(f"folder:{args.data}", seed=0) if args.data
+            else random_data(args.batch_size * args.steps))
+    probe = MemoryProbe()
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as out:
+        keras_cnn.train(args.model, data, epochs=args.epochs, batch_size=args.batch_size, recipe="sgd", out=out,
+                        callbacks=[probe], verbose=0)
+    from_second = [float(row[1]) for row in probe.rows[1:]]
+    growth = from_second[-1] - from_second[0]
+    report(args, f"{args.model}, batch {args.batch_size}: RSS after each epoch (MB); epoch 2 -> "
+                 f"{args.epochs}: {growth:+.0f} MB", ("epoch", "RSS MB", "peak RSS MB"), probe.rows,
+           {"growth_from_epoch_2_mb": growth})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pipeline: is the input pipeline ever the bottleneck?
+
+
+def pipeline(args):
+    folder = keras_cnn.load_data(f"folder:{subset_folder(args.data, args.limit) if args.limit else args.data}",
+                                 seed=0, val_fraction=0)
+    x, y = folder.arrays("train")  # the very same training images, decoded into memory
+    arrays = keras_cnn.load_data((x, y), val_fraction=0, test_fraction=0.02, seed=0, class_names=folder.class_names)
+    samples = {"folder": [], "arrays": []}
+    for repeat in range(args.repeats):
+        for label, data in (("folder", folder), ("arrays", arrays)):
+            speed, _ = keras_throughput(args.model, data, epochs=args.epochs, augment="basic")
+            samples[label].append(speed)
+        print(f"repeat {repeat + 1}: folder {samples['folder'][-1]:.0f}, arrays {samples['arrays'][-1]:.0f} img/s",
+              flush=True)
+    ratio = statistics.median(f / a for f, a in zip(samples["folder"], samples["arrays"]))
+    rows = [(label, f"{statistics.median(values):.0f}") for label, values in samples.items()]
+    report(args, f"{args.model} with `basic` augmentation, images/second after the first epoch: folder / "
+                 f"arrays = {ratio:.2f}", ("source", "img/s"), rows, {"samples": samples, "ratio": ratio})
+
+
+def subset_folder(root, limit):
+    """A temporary copy of `root` made of symlinks: `limit` training images and `limit // 10` test images,
+    spread evenly over the classes."""
+    into = tempfile.mkdtemp(prefix="bench-folder-")
+    classes = sorted(os.listdir(os.path.join(root, "train")))
+    for split, count in (("train", limit), ("test", limit // 10)):
+        for name in classes:
+            os.makedirs(os.path.join(into, split, name))
+            for file in sorted(os.listdir(os.path.join(root, split, name)))[:count // len(classes)]:
+                os.symlink(os.path.join(root, split, name, file), os.path.join(into, split, name, file))
+    return into
+
+
+# ---------------------------------------------------------------------------------------------------------
+# time-to-accuracy: test accuracy against training time on CIFAR-10
+
+
+class AccuracyClock(keras.callbacks.Callback):
+    """Test accuracy after each epoch against training time (the test pass is not counted); stops training
+    before an epoch that would end past `minutes`."""
+
+    def __init__(self, x_test, y_test, minutes):
+        super().__init__()
+        self.x_test, self.y_test, self.budget = x_test, y_test, minutes * 60
+        self.training, self.rows = 0.0, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = time.perf_counter() - self.start
+        self.training += last
+        predicted = self.model.predict(self.x_test, batch_size=500, verbose=0).argmax(1)
+        accuracy = float((predicted == self.y_test).mean())
+        self.rows.append((epoch + 1, f"{self.training / 60:.1f}", f"{accuracy:.2%}"))
+        print(f"epoch {epoch + 1}: {self.training / 60:.1f} min, test {accuracy:.2%}", flush=True)
+        if self.training + last > self.budget:
+            self.model.stop_training = True
+
+
+def time_to_accuracy(args):
+    data = keras_cnn.load_data(f"folder:{args.data}", seed=0, val_fraction=0)
+    clock = AccuracyClock(*data.arrays("test"), args.minutes)
+    options = json.loads(args.options) if args.options else {}
+    out = args.out or tempfile.mkdtemp(prefix="bench-tta-")
+    keras_cnn.train(args.model, data, epochs=args.epochs, batch_size=args.batch_size, augment=args.augment,
+                    recipe="sgd", out=out, callbacks=[clock], verbose=0, **options)
+    report(args, f"{args.model} on CIFAR-10: test accuracy against training minutes (run folder {out})",
+           ("epoch", "minutes", "test accuracy"), clock.rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, function, help):
+        sub = commands.add_parser(name, help=help)
+        sub.set_defaults(function=function)
+        sub.add_argument("--json", help="also write the results, with the machine description, to this file")
+        return sub
+
+    command("peak", peak, "matmul GFLOP/s in float32 and bfloat16")
+    sub = command("train", train, "training images/second beside the PyTorch peer")
+    sub.add_argument("--models", nargs="+", default=["small", "deeper"])
+    sub.add_argument("--peer", help="path to torch_reference.py (needs torch installed)")
+    sub.add_argument("--batch-size", type=int, default=128)
+    sub.add_argument("--steps", type=int, default=40, help="steps per epoch (and per peer measurement)")
+    sub.add_argument("--repeats", type=int, default=3)
+    sub.add_argument("--precision", default="auto")
+    sub = command("infer", infer, "latency and throughput of Keras, SavedModel and each TFLite variant")
+    sub.add_argument("--run", help="a run folder (default: --model with random weights)")
+    sub.add_argument("--model", default="small")
+    sub.add_argument("--batch-size", type=int, default=128)
+    sub.add_argument("--runs", type=int, default=200, help="batch-1 calls whose median is the latency")
+    sub = command("memory", memory, "resident memory after each training epoch")
+    sub.add_argument("--model", default="deeper")
+    sub.add_argument("--epochs", type=int, default=6)
+    sub.add_argument("--batch-size", type=int, default=128)
+    sub.add_argument("--steps", type=int, default=60, help="steps per epoch on random data")
+    sub.add_argument("--data", help="a CIFAR-10-style folder instead of random data")
+    sub = command("pipeline", pipeline, "training from an image folder vs from in-memory arrays")
+    sub.add_argument("--data", default=CIFAR)
+    sub.add_argument("--model", default="small")
+    sub.add_argument("--limit", type=int, default=10_000, help="training images (0: all)")
+    sub.add_argument("--epochs", type=int, default=3)
+    sub.add_argument("--repeats", type=int, default=2)
+    sub = command("time-to-accuracy", time_to_accuracy, "CIFAR-10 test accuracy against training time")
+    sub.add_argument("--data", default=CIFAR)
+    sub.add_argument("--model", default="resnet18")
+    sub.add_argument("--minutes", type=float, default=30)
+    sub.add_argument("--epochs", type=int, default=30, help="sizes the learning-rate schedule")
+    sub.add_argument("--batch-size", type=int, default=128)
+    sub.add_argument("--augment", default="basic")
+    sub.add_argument("--options", help='more keras_cnn.train keywords as JSON, e.g. \'{"label_smoothing": 0.2}\'')
+    sub.add_argument("--out", help="keep the run folder here")
+    args = parser.parse_args(argv)
+    args.function(args)
+
+
+if __name__ == "__main__":
+    main()
