@@ -29,13 +29,16 @@ EXAMPLES = {
     "tuning_search.py": (["--trials", "2", "--epochs", "1", "--out", "{tmp}/tune"], "retrained best"),
     "transfer_learning.py": ([], "transferred"),
 }
+# About 50 s each, longer than the default suite can afford; test_transfer.py covers their mechanics.
+SLOW_EXAMPLES = {"transfer_learning.py"}
 
 
 def test_every_example_is_tested():
     assert sorted(p.name for p in (ROOT / "examples").glob("*.py")) == sorted(EXAMPLES)
 
 
-@pytest.mark.parametrize("script", sorted(EXAMPLES))
+@pytest.mark.parametrize("script", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_EXAMPLES else name
+                                    for name in sorted(EXAMPLES)])
 def test_example_runs(script, tmp_path):
     arguments, expected = EXAMPLES[script]
     command = [sys.executable, str(ROOT / "examples" / script), *(a.format(tmp=tmp_path) for a in arguments)]
