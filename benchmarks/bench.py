@@ -33,9 +33,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 import keras_cnn  # noqa: E402
+from cifar import CIFAR, cifar_folder  # noqa: E402
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-CIFAR = os.path.expanduser("~/.cache/cifar10-jpg")
 
 
 def machine():
@@ -258,8 +258,9 @@ def memory(args):
 
 
 def pipeline(args):
-    folder = keras_cnn.load_data(f"folder:{subset_folder(args.data, args.limit) if args.limit else args.data}",
-                                 seed=0, val_fraction=0)
+    spec = (cifar_folder(args.data, None, args.limit // 10, 0, tempfile.mkdtemp(prefix="bench-folder-"))
+            if args.limit else f"folder:{args.data}")
+    folder = keras_cnn.load_data(spec, seed=0, val_fraction=0)
     x, y = folder.arrays("train")  # the very same training images, decoded into memory
     arrays = keras_cnn.load_data((x, y), val_fraction=0, test_fraction=0.02, seed=0, class_names=folder.class_names)
     samples = {"folder": [], "arrays": []}
@@ -275,43 +276,27 @@ def pipeline(args):
                  f"arrays = {ratio:.2f}", ("source", "img/s"), rows, {"samples": samples, "ratio": ratio})
 
 
-def subset_folder(root, limit):
-    """A temporary copy of `root` made of symlinks: `limit` training images and `limit // 10` test images,
-    spread evenly over the classes."""
-    into = tempfile.mkdtemp(prefix="bench-folder-")
-    classes = sorted(os.listdir(os.path.join(root, "train")))
-    for split, count in (("train", limit), ("test", limit // 10)):
-        for name in classes:
-            os.makedirs(os.path.join(into, split, name))
-            for file in sorted(os.listdir(os.path.join(root, split, name)))[:count // len(classes)]:
-                os.symlink(os.path.join(root, split, name, file), os.path.join(into, split, name, file))
-    return into
-
-
 # ---------------------------------------------------------------------------------------------------------
 # time-to-accuracy: test accuracy against training time on CIFAR-10
 
 
-class AccuracyClock(keras.callbacks.Callback):
+class AccuracyClock(EpochTimer):
     """Test accuracy after each epoch against training time (the test pass is not counted); stops training
     before an epoch that would end past `minutes`."""
 
     def __init__(self, x_test, y_test, minutes):
         super().__init__()
         self.x_test, self.y_test, self.budget = x_test, y_test, minutes * 60
-        self.training, self.rows = 0.0, []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
+        self.rows = []
 
     def on_epoch_end(self, epoch, logs=None):
-        last = time.perf_counter() - self.start
-        self.training += last
+        super().on_epoch_end(epoch, logs)
+        training = sum(self.seconds)
         predicted = self.model.predict(self.x_test, batch_size=500, verbose=0).argmax(1)
         accuracy = float((predicted == self.y_test).mean())
-        self.rows.append((epoch + 1, f"{self.training / 60:.1f}", f"{accuracy:.2%}"))
-        print(f"epoch {epoch + 1}: {self.training / 60:.1f} min, test {accuracy:.2%}", flush=True)
-        if self.training + last > self.budget:
+        self.rows.append((epoch + 1, f"{training / 60:.1f}", f"{accuracy:.2%}"))
+        print(f"epoch {epoch + 1}: {training / 60:.1f} min, test {accuracy:.2%}", flush=True)
+        if training + self.seconds[-1] > self.budget:
             self.model.stop_training = True
 
 

@@ -7,39 +7,22 @@ same process tree, one after the other, and prints both. Not a unit test.
 
     python benchmarks/cifar_accuracy.py --model small --epochs 15 \
         --data ~/.cache/cifar10-jpg --peer ../shared/bench/torch_reference.py
-    python benchmarks/cifar_accuracy.py --model resnet18 --minutes 30 --data ~/.cache/cifar10-jpg
+
+Accuracy within a time budget (e.g. resnet18 in 30 minutes) is `bench.py time-to-accuracy`.
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
-import time
 
-import keras
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stop after the epoch that crosses `seconds` of training wall time."""
-
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if time.perf_counter() - self.start > self.seconds:
-            self.model.stop_training = True
+from cifar import CIFAR
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="small")
-    parser.add_argument("--data", default=os.path.expanduser("~/.cache/cifar10-jpg"))
+    parser.add_argument("--data", default=CIFAR)
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--minutes", type=float, help="stop after this much training time (epochs still sizes the schedule)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--peer", help="path to torch_reference.py to run the PyTorch peer in the same run")
     parser.add_argument("--peer-bf16", action="store_true", help="run the peer with bf16 autocast")
@@ -49,9 +32,8 @@ def main():
 
     import keras_cnn
 
-    callbacks = [TimeBudget(args.minutes * 60)] if args.minutes else []
     run = keras_cnn.train(args.model, f"folder:{args.data}", epochs=args.epochs, augment="basic", recipe="sgd",
-                          precision=args.precision, out=args.out, callbacks=callbacks, verbose=2)
+                          precision=args.precision, out=args.out, verbose=2)
     result = {"model": args.model, "epochs_planned": args.epochs, "epochs_run": run.config["epochs_run"],
               "precision": run.config["precision"], "train_seconds": run.config["train_seconds"],
               "test_accuracy": round(run.metrics.accuracy, 4), "run": run.path}

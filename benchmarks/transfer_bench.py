@@ -27,29 +27,11 @@ import statistics
 import tempfile
 import time
 
-CIFAR = os.path.expanduser("~/.cache/cifar10-jpg")
+from cifar import CIFAR, cifar_folder
+
 SOURCE_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog")
 TARGET_CLASSES = ("frog", "horse", "ship", "truck")
 LABELS = ("scratch", "transfer", "transfer+fine-tune")
-
-
-def cifar_folder(root, classes, per_class, seed, into):
-    """`into/train/<class>/`: `per_class` of the class's training images (symlinks); `into/test/<class>/`: all."""
-    import numpy as np
-
-    if not os.path.isdir(os.path.join(root, "train")):
-        raise SystemExit(f"no CIFAR-10 JPEG copy at {root} (train/<class>/*.jpg, test/<class>/*.jpg): pass "
-                         f"--cifar-dir, or --data digits")
-    rng = np.random.default_rng(seed)
-    for name in classes:
-        files = sorted(os.listdir(os.path.join(root, "train", name)))
-        chosen = sorted(rng.permutation(len(files))[:per_class])
-        os.makedirs(os.path.join(into, "train", name))
-        for i in chosen:
-            os.symlink(os.path.join(root, "train", name, files[i]), os.path.join(into, "train", name, files[i]))
-        os.makedirs(os.path.join(into, "test"), exist_ok=True)
-        os.symlink(os.path.join(root, "test", name), os.path.join(into, "test", name))
-    return f"folder:{into}"
 
 
 def digits_data(target, per_class, seed):

@@ -19,10 +19,12 @@ import os
 import tempfile
 import time
 
+from cifar import CIFAR
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.path.expanduser("~/.cache/cifar10-jpg"))
+    parser.add_argument("--data", default=CIFAR)
     parser.add_argument("--subset", type=int, default=10_000, help="training images kept (default 10,000)")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=5, help="epochs of the baseline and of every trial")
