@@ -26,6 +26,23 @@ def digits():
     return keras_cnn.load_data("digits")
 
 
+@pytest.fixture
+def stop_after():
+    """`stop_after(n)`: a Keras callback that interrupts training after `n` finished epochs, as a kill would."""
+    import keras
+
+    class StopAfter(keras.callbacks.Callback):
+        def __init__(self, epochs):
+            super().__init__()
+            self.epochs = epochs
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == self.epochs:
+                raise KeyboardInterrupt
+
+    return StopAfter
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, digits):
     """A run folder as keras_cnn.train writes it (model.keras, config.json, labels.txt), holding a SmallCNN

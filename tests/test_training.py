@@ -17,11 +17,6 @@ RUN_FILES = {"model.keras", "config.json", "labels.txt", "history.csv", "metrics
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return keras_cnn.load_data("digits")
-
-
-@pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, digits):
     return keras_cnn.train("small", digits, out=str(tmp_path_factory.mktemp("run") / "small"), **FAST)
 
@@ -103,22 +98,10 @@ def test_same_seed_same_run(tmp_path, digits):
     assert first.metrics.accuracy == second.metrics.accuracy
 
 
-class StopAfter(keras.callbacks.Callback):
-    """Simulates an interruption after `epochs` finished epochs."""
-
-    def __init__(self, epochs):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epochs:
-            raise KeyboardInterrupt
-
-
-def test_interrupted_run_resumes_where_it_stopped(tmp_path, digits):
+def test_interrupted_run_resumes_where_it_stopped(tmp_path, digits, stop_after):
     out = str(tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
-        keras_cnn.train("small", digits, out=out, callbacks=[StopAfter(2)], **{**FAST, "epochs": 4})
+        keras_cnn.train("small", digits, out=out, callbacks=[stop_after(2)], **{**FAST, "epochs": 4})
     assert os.path.isfile(os.path.join(out, "model.keras")) and os.path.isdir(os.path.join(out, "backup"))
     seen = []
     epochs = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))

@@ -383,25 +383,10 @@ def test_imagenet_pipeline_equals_keras_applications_on_raw_pixels(keras_cache, 
 # --- training in two phases -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return keras_cnn.load_data("digits")
-
-
 FAST = dict(width=0.125, batch_size=128, precision="float32", verbose=0)
 
 
-class StopAfter(keras.callbacks.Callback):
-    def __init__(self, epochs):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epochs:
-            raise KeyboardInterrupt
-
-
-def test_fine_tuning_phase_continues_the_run_and_resumes_in_the_right_phase(tmp_path, digits, zoo_resnet):
+def test_fine_tuning_phase_continues_the_run_and_resumes_in_the_right_phase(tmp_path, digits, zoo_resnet, stop_after):
     """Phase 1 (head) then phase 2 (stage4, 1/100 of the rate), killed once in each and resumed each time."""
     _, folder = zoo_resnet
     out = str(tmp_path / "run")
@@ -411,9 +396,9 @@ def test_fine_tuning_phase_continues_the_run_and_resumes_in_the_right_phase(tmp_
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.setdefault(epoch, (
         float(keras.ops.convert_to_numpy(record.model.optimizer.learning_rate)), len(record.model.trainable_weights))))
     with pytest.raises(KeyboardInterrupt):  # killed after epoch 1 of phase 1
-        keras_cnn.train("resnet18_transfer", digits, callbacks=[record, StopAfter(1)], **kwargs)
+        keras_cnn.train("resnet18_transfer", digits, callbacks=[record, stop_after(1)], **kwargs)
     with pytest.raises(KeyboardInterrupt):  # resumed, killed after the first fine-tuning epoch
-        keras_cnn.train("resnet18_transfer", digits, resume=True, callbacks=[record, StopAfter(3)], **kwargs)
+        keras_cnn.train("resnet18_transfer", digits, resume=True, callbacks=[record, stop_after(3)], **kwargs)
     assert json.load(open(os.path.join(out, "config.json")))["fine_tune"]["from_epoch"] == 2
     with pytest.raises(ValueError, match="was fine-tuning when it stopped"):
         keras_cnn.train("resnet18_transfer", digits, resume=True, **{**kwargs, "fine_tune_epochs": 0, "unfreeze": None})
@@ -456,8 +441,9 @@ def test_transfer_model_trains_a_step_and_exports_to_tflite_with_parity(tmp_path
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
     x, y = digits.arrays("train", image_shape=shape, limit=64)
     assert np.isfinite(model.train_on_batch(x, keras.utils.to_categorical(y, 10)))
-    report = keras_cnn.export(model, out_dir=str(tmp_path / "export"), formats=("tflite",), quantize=("float32", "int8"),
-                    data=digits, test_samples=200, calibration_samples=100, latency_runs=2, verbose=False)
+    report = keras_cnn.export(model, out_dir=str(tmp_path / "export"), formats=("tflite",),
+                              quantize=("float32", "int8"), data=digits, test_samples=200, calibration_samples=100,
+                              latency_runs=2, verbose=False)
     rows = {row["quantization"]: row for row in report.rows if row["format"] == "tflite"}
     assert rows["float32"]["max_abs_diff"] <= 1e-4 and rows["float32"]["agreement_pct"] == 100.0
     assert rows["int8"]["agreement_pct"] >= 80 and rows["int8"]["size_kb"] < rows["float32"]["size_kb"]
