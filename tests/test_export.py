@@ -19,7 +19,7 @@ import pytest
 import keras_cnn
 from keras_cnn import export, predict  # the package's functions, resolved before the modules below
 from keras_cnn.exporting import ExportError, flex_ops, inference_model
-from keras_cnn.io import write_json
+from keras_cnn.io import load_model, write_json
 
 export_module = importlib.import_module("keras_cnn.exporting")
 SHAPE = (8, 8, 1)
@@ -212,6 +212,10 @@ def test_a_mixed_bfloat16_model_exports_a_tflite_that_runs(tmp_path, digits, tes
                                read_sidecar(tmp_path / "small_float32.json"))
     assert probabilities.shape == (20, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-4)
     assert read_sidecar(tmp_path / "small_float32.json")["source"]["precision"] == "mixed_bfloat16"
+    model.save(tmp_path / "small.keras")  # a loaded Functional model says float32; its layers keep the policy
+    again = export(load_model(tmp_path / "small.keras"), tmp_path / "loaded", formats="tflite", quantize="float32",
+                   data=digits, latency_runs=1, verbose=False)
+    assert again.precision == "mixed_bfloat16"
 
 
 def test_int8_without_data_is_a_clear_error(tmp_path):
