@@ -47,8 +47,31 @@ TRAIN_OPTIONS = {
 }
 
 
+# TensorFlow prints start-up notices (oneDNN's, on AVX-512 CPUs) through absl before its logging is set up,
+# where TF_CPP_MIN_LOG_LEVEL does not reach them (tensorflow/tensorflow#100442): they are dropped at import.
+STARTUP_NOTICES = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
+
+
 def _quiet_tensorflow():
+    """Import TensorFlow with its start-up notices dropped; anything else it prints still reaches stderr."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+") as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        for line in captured:
+            if not any(notice in line for notice in STARTUP_NOTICES):
+                sys.stderr.write(line)
 
 
 def cmd_list(args):

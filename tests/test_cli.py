@@ -16,7 +16,7 @@ def run(*args):
 def test_list_prints_every_model_with_its_input_shape(capsys):
     assert cli.main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(keras_cnn.list_models()) and lines[0].startswith("compact") and "32x32x3" in lines[0]
+    assert len(lines) == len(keras_cnn.list_models()) and lines[0].startswith("airbench") and "32x32x3" in lines[0]
     assert any(line.startswith("mnist_cnn") and "28x28x1" in line for line in lines)
 
 
@@ -45,11 +45,15 @@ def test_describe_with_overrides(capsys):
         (["list", "zz*"], "no model matches 'zz*'"),
     ],
 )
-def test_user_errors_are_one_line_with_exit_status_2(args, fragment):
-    result = run(*args)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and fragment in result.stderr
-    assert "Traceback" not in result.stderr
+def test_user_errors_are_one_line_with_exit_status_2(args, fragment, capsys):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err and "Traceback" not in err
+
+
+def test_the_installed_command_exits_with_status_2_and_one_line():
+    result = run("describe", "smal")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
 def test_debug_shows_the_traceback():
