@@ -17,7 +17,7 @@ from keras_cnn import options, shapes
 
 _MODELS = {}
 _CATALOGUE_LOADED = False
-_CATALOGUE = ("keras_cnn.models.plain", "keras_cnn.models.resnet", "keras_cnn.models.transfer")
+_CATALOGUE = ("keras_cnn.models.plain", "keras_cnn.models.resnet", "keras_cnn.models.fast", "keras_cnn.models.transfer")
 
 
 class Spec(NamedTuple):

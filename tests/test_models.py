@@ -13,7 +13,7 @@ import keras_cnn
 from keras_cnn import registry
 
 MODELS = keras_cnn.list_models()
-SMALL = {"resnet18": {"width": 0.125}, "resnet34": {"width": 0.125}, "deeper": {"width": 0.25}}
+SMALL = {"resnet18": {"width": 0.125}, "resnet34": {"width": 0.125}, "deeper": {"width": 0.25}, "airbench": {"width": 0.25}}
 # resnet34 is resnet18 with more blocks, and the keras.applications backbones are large (tests/test_transfer.py
 # covers them quickly at small sizes): their generic tests here run with `pytest -m slow`.
 HEAVY = {"resnet34", *keras_cnn.list_models("*_transfer")}
@@ -198,6 +198,15 @@ def test_seed_architectures_have_the_seeds_parameter_counts():
     assert keras_cnn.build("small").count_params() == small
     deeper = 27 * 64 + 9 * 64 * 64 + 9 * 64 * 128 + 9 * 128 * 256 + 4 * (64 + 64 + 128 + 256) + 256 * 10 + 10
     assert keras_cnn.build("deeper").count_params() == deeper
+
+
+def test_airbench_pools_before_normalising_and_costs_a_fifth_of_resnet18():
+    names = [layer.name for layer in keras_cnn.build("airbench").layers]
+    for stage in ("stage1", "stage2", "stage3"):
+        order = [names.index(f"{stage}_{part}") for part in ("conv1", "pool", "bn1", "act1", "conv2", "bn2", "act2")]
+        assert order == sorted(order)
+    macs = keras_cnn.describe("airbench").total_macs
+    assert 115e6 < macs < 121e6 and 0.19 < macs / keras_cnn.describe("resnet18").total_macs < 0.23
 
 
 def test_binary_and_logit_heads():
