@@ -120,7 +120,6 @@ def random_data(count, shape=(32, 32, 3), classes=10, seed=0):
     """`count` random training images in [0, 255] with labels, as an ImageData with no validation split."""
     import numpy as np
 
-
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 255, (count + classes * 2, *shape)).astype("float32")
     y = np.arange(len(x)) % classes
@@ -129,7 +128,6 @@ def random_data(count, shape=(32, 32, 3), classes=10, seed=0):
 
 def keras_throughput(model, data, epochs=3, batch_size=128, **options):
     """Training images/second of keras_cnn.train on `data`: median over the epochs after the first."""
-
     timer = EpochTimer()
     with tempfile.TemporaryDirectory(prefix="bench-") as out:
         run = keras_cnn.train(model, data, epochs=epochs, batch_size=batch_size, recipe="sgd", out=out,
@@ -148,12 +146,11 @@ def peer_throughput(peer, model, batch_size=128, steps=40, bf16=False):
 
 def train_flops_per_image(model_name, shape=(32, 32, 3)):
     """Forward + backward FLOPs per training image: 3 passes of 2 FLOPs per multiply-accumulate."""
-
     return 6 * keras_cnn.describe(model_name, input_shape=shape, num_classes=10).total_macs
 
 
 def train(args):
-    ceiling = matmul_gflops()
+    ceilings = {dtype: matmul_gflops(dtype=dtype) for dtype in ("float32", "bfloat16")}
     rows, raw = [], {}
     for name in args.models:
         data = random_data(args.batch_size * args.steps)
@@ -168,6 +165,7 @@ def train(args):
                   flush=True)
         ours = statistics.median(samples["keras"])
         gflops = ours * train_flops_per_image(name) / 1e9
+        ceiling = ceilings["bfloat16" if "bfloat16" in run.config["precision"] else "float32"]
         row = [name, run.config["precision"], f"{ours:.0f}", f"{gflops:.1f}", f"{gflops / ceiling:.0%}"]
         if args.peer:
             fp32, bf16 = statistics.median(samples["peer_fp32"]), statistics.median(samples["peer_bf16"])
@@ -177,8 +175,10 @@ def train(args):
     header = ["model", "precision", "img/s", "GFLOP/s", "of peak"]
     if args.peer:
         header += ["peer fp32 img/s", "peer bf16 img/s", "ours / peer best"]
-    report(args, f"Training throughput, batch {args.batch_size} (matmul peak {ceiling:.0f} GFLOP/s), "
-                 f"median of {args.repeats}", header, rows, {"samples": raw, "matmul_gflops": ceiling})
+    peaks = ", ".join(f"{dtype} {value:.0f}" for dtype, value in ceilings.items())
+    report(args, f"Training throughput, batch {args.batch_size}, median of {args.repeats}; 'of peak' is against "
+                 f"the matmul peak of the precision's compute type (GFLOP/s: {peaks})", header, rows,
+           {"samples": raw, "matmul_gflops": ceilings})
 
 
 # ---------------------------------------------------------------------------------------------------------

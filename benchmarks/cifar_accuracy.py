@@ -24,6 +24,8 @@ def main():
     parser.add_argument("--data", default=CIFAR)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--val-fraction", type=float, default=0.0,
+                        help="share of train held out for validation (default 0: all 50,000 images, as the peer)")
     parser.add_argument("--peer", help="path to torch_reference.py to run the PyTorch peer in the same run")
     parser.add_argument("--peer-bf16", action="store_true", help="run the peer with bf16 autocast")
     parser.add_argument("--out", help="run folder (default: a new one under saved_models/)")
@@ -33,7 +35,8 @@ def main():
     import keras_cnn
 
     run = keras_cnn.train(args.model, f"folder:{args.data}", epochs=args.epochs, augment="basic", recipe="sgd",
-                          precision=args.precision, out=args.out, verbose=2)
+                          precision=args.precision, out=args.out, verbose=2,
+                          data_options={"val_fraction": args.val_fraction})
     result = {"model": args.model, "epochs_planned": args.epochs, "epochs_run": run.config["epochs_run"],
               "precision": run.config["precision"], "train_seconds": run.config["train_seconds"],
               "test_accuracy": round(run.metrics.accuracy, 4), "run": run.path}
