@@ -34,18 +34,23 @@ def activation(kind, name):
     return layers.Activation(kind, name=name)
 
 
-def conv_bn_act(x, filters, prefix, config, *, stride=1, padding="same", act=True, suffix=""):
-    """`<prefix>_conv<suffix>` -> [BN] -> activation (activation before BN with `bn_after_activation`)."""
-    use_bn = config["batchnorm"]
-    x = layers.Conv2D(
+def conv(x, filters, name, config, *, stride=1, padding="same"):
+    """The family's conv (kernel size, initializer); no bias when BatchNorm follows, which cancels it."""
+    return layers.Conv2D(
         filters,
         config["kernel_size"],
         strides=stride,
         padding=padding,
-        use_bias=not use_bn,
+        use_bias=not config["batchnorm"],
         kernel_initializer=config.get("kernel_initializer", "glorot_uniform"),
-        name=f"{prefix}_conv{suffix}",
+        name=name,
     )(x)
+
+
+def conv_bn_act(x, filters, prefix, config, *, stride=1, padding="same", act=True, suffix=""):
+    """`<prefix>_conv<suffix>` -> [BN] -> activation (activation before BN with `bn_after_activation`)."""
+    use_bn = config["batchnorm"]
+    x = conv(x, filters, f"{prefix}_conv{suffix}", config, stride=stride, padding=padding)
     after = config.get("bn_after_activation", False)
     if use_bn and not after:
         x = batchnorm(f"{prefix}_bn{suffix}")(x)

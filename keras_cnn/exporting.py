@@ -198,6 +198,7 @@ def _resolve(source, data):
 
     from keras_cnn.evaluation import check_compatible
     from keras_cnn.io import load
+    from keras_cnn.recipes import model_precision
 
     if isinstance(source, keras.Model):
         model, name, run_dir, class_names = source, source.name, None, None
@@ -213,13 +214,7 @@ def _resolve(source, data):
         check_compatible(model, image_data)
     numbered = [str(i) for i in range(max(model.output_shape[-1], 2))]
     class_names = list(class_names or (image_data.class_names if image_data else numbered))
-    return model, name, class_names, run_dir, _precision(model), image_data
-
-
-def _precision(model):
-    """The model's dtype policy, read off its layers: a loaded Functional model reports float32 itself."""
-    policies = [layer.dtype_policy.name for layer in model.layers]
-    return next((policy for policy in policies if policy.startswith("mixed_")), model.dtype_policy.name)
+    return model, name, class_names, run_dir, model_precision(model), image_data
 
 
 def _image_data(data):

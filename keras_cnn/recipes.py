@@ -97,6 +97,13 @@ def resolve_precision(precision):
     return "mixed_bfloat16" if _bf16_speedup() >= 1.3 else "float32"
 
 
+def model_precision(model):
+    """The dtype policy a built model computes in, read off its layers: a Functional model loaded from a
+    `.keras` file reports float32 itself even when its layers are mixed precision."""
+    policies = [layer.dtype_policy.name for layer in model.layers]
+    return next((policy for policy in policies if policy.startswith("mixed_")), model.dtype_policy.name)
+
+
 @functools.cache
 def _bf16_speedup():
     """How much faster a bf16 convolution step runs than fp32 here (cached on disk per machine)."""

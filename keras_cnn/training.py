@@ -139,7 +139,7 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         data = load_data(data, seed=seed, **(data_options or {}))
     started = time.perf_counter()
 
-    policy = recipes.resolve_precision(precision) if isinstance(model, str) else model.dtype_policy.name
+    policy = recipes.resolve_precision(precision) if isinstance(model, str) else recipes.model_precision(model)
     with _distribution(strategy).scope():
         if isinstance(model, str):
             shape = tuple(input_shape) if input_shape is not None else fit_input_shape(model, data, overrides)

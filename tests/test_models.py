@@ -13,7 +13,8 @@ import keras_cnn
 from keras_cnn import registry
 
 MODELS = keras_cnn.list_models()
-SMALL = {"resnet18": {"width": 0.125}, "resnet34": {"width": 0.125}, "deeper": {"width": 0.25}, "airbench": {"width": 0.25}}
+SMALL = {"resnet18": {"width": 0.125}, "resnet34": {"width": 0.125}, "deeper": {"width": 0.25},
+         "airbench": {"width": 0.25}}
 # resnet34 is resnet18 with more blocks, and the keras.applications backbones are large (tests/test_transfer.py
 # covers them quickly at small sizes): their generic tests here run with `pytest -m slow`.
 HEAVY = {"resnet34", *keras_cnn.list_models("*_transfer")}
