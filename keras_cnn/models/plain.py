@@ -2,7 +2,9 @@
 
 One family, six registered configurations. Every stage is conv -> [BN] ->
 activation -> downsample; an optional stem conv block comes first (DeeperCNN)
-and the last stage may skip its downsampling (the compact net).
+and the last stage may skip its downsampling (the compact net). Where the two
+commute (ReLU and max pooling), the activation is placed after the pool:
+the same function, computed on a quarter of the elements.
 """
 from keras_cnn import options
 from keras_cnn.registry import Spec, register_model
@@ -119,8 +121,13 @@ def build(config, *, name, num_classes, classifier_activation):
     for i, filters in enumerate(config["stage_filters"], start=1):
         down = _downsamples(config, i)
         stride = 2 if down and config["downsample"] == "stride" else 1
-        x = blocks.conv_bn_act(x, filters, f"stage{i}", config, stride=stride, padding=config["padding"])
-        if down and stride == 1:
+        pool = down and stride == 1
+        act_after_pool = pool and blocks.activation_after_pool(config, config["downsample"])
+        x = blocks.conv_bn_act(x, filters, f"stage{i}", config, stride=stride, padding=config["padding"],
+                               act=not act_after_pool)
+        if pool:
             x = blocks.pool(x, config["downsample"], f"stage{i}_pool")
+        if act_after_pool:
+            x = blocks.activation(config["activation"], f"stage{i}_act")(x)
     outputs = blocks.head(x, config, num_classes=num_classes, classifier_activation=classifier_activation)
     return keras.Model(inputs, outputs, name=name)
