@@ -237,7 +237,7 @@ def cmd_evaluate(args):
 
         data = load_data(args.data or run.config["data"], **{**run.config.get("data_options", {}),
                                                              **_data_options(args)})
-    print(evaluate(run, data, split=args.split))
+    print(evaluate(run, data, split=args.split, tta=args.tta))
 
 
 def cmd_tune(args):
@@ -352,6 +352,8 @@ def parser():
     s.add_argument("run", help="a run folder written by `keras-cnn train`")
     _add_data_arguments(s, "default: the run's own data")
     s.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
+    s.add_argument("--tta", choices=("flip",), help="test-time augmentation: average each image's prediction with "
+                   "its mirror image's (not for digits or text); leaves the run's metrics.json alone")
     s.set_defaults(handler=cmd_evaluate)
 
     s = sub.add_parser("export", help="export a run to SavedModel / TFLite / ONNX, each verified against Keras",

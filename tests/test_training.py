@@ -194,6 +194,29 @@ def test_evaluation_report_against_hand_counts():
     assert report.loss == pytest.approx(-np.mean(np.log([0.9, 0.7, 0.7, 0.3])))
 
 
+def test_flip_tta_averages_each_image_with_its_mirror(digits):
+    model = keras_cnn.build("small", input_shape=(8, 8, 1), width=0.25, num_classes=10)
+    dataset = digits.pipeline("test", batch_size=64)
+    x, labels = digits.arrays("test")
+    plain, plain_labels = evaluation.predict_probabilities(model, dataset)
+    flipped, tta_labels = evaluation.predict_probabilities(model, dataset, tta="flip")
+    mirror = model.predict(x[:, :, ::-1], verbose=0)
+    np.testing.assert_allclose(flipped, (plain + mirror) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(flipped, plain)  # digits are not mirror-symmetric: a no-op flip would show
+    assert (plain_labels == labels).all() and (tta_labels == labels).all()
+    with pytest.raises(ValueError, match="Received: tta='rotate'"):
+        evaluation.predict_probabilities(model, dataset, tta="rotate")
+
+
+def test_tta_evaluation_leaves_the_runs_metrics_alone(finished_run):
+    path = os.path.join(finished_run.path, "metrics.json")
+    before = open(path).read()
+    report = keras_cnn.evaluate(finished_run.path, tta="flip")
+    assert report.tta == "flip" and "with flip test-time augmentation" in str(report)
+    assert open(path).read() == before
+    assert json.loads(before)["tta"] is None
+
+
 def test_precision_auto_is_a_measured_choice():
     assert recipes.resolve_precision("auto") in ("float32", "mixed_bfloat16")
     assert recipes.resolve_precision("float32") == "float32"
