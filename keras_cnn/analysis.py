@@ -93,6 +93,17 @@ def _macs(layer, input_shape, output_shape):
     return 0
 
 
+def model_macs(model):
+    """Multiply-accumulates per image over every layer, nested models (a transfer backbone) included."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += model_macs(layer)
+        elif isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.Conv2D, keras.layers.Dense)):
+            total += _macs(layer, tuple(_inputs(layer)[0].shape[1:]), tuple(layer.output.shape[1:]))
+    return total
+
+
 def _product(shape):
     result = 1
     for size in shape:

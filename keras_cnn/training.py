@@ -119,7 +119,8 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
             top `unfreeze` blocks trainable (BatchNorm stays frozen), recompiled at 1/100 of the learning rate.
         unfreeze: backbone blocks to fine-tune, counted from the top (`keras_cnn.models.transfer.unfreeze`);
             None = the whole backbone.
-        callbacks: extra Keras callbacks (e.g. to time epochs).
+        callbacks: extra Keras callbacks (e.g. to time epochs). Cheap models run several steps per call
+            (`recipes.steps_per_execution`), so batch-level hooks then fire once per call.
         verbose: Keras's fit verbosity; "auto" is a progress bar on a terminal, one line per epoch otherwise.
         **overrides: variant options for a model built by name (`augment="basic"`, `dropout=0.3`, ...).
     """
@@ -156,8 +157,11 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
                    if data.sizes["val"] else None)
         steps = math.ceil(data.sizes["train"] / batch_size)
         loss, metrics = recipes.loss_and_metrics(model.output_shape[-1], label_smoothing)
+        # Keras's multi-step loop fails on a distributed iterator ("You must feed a value for placeholder
+        # tensor", keras-team/keras#19246), so a strategy runs one step per call.
+        per_call = 1 if strategy else recipes.steps_per_execution(model, batch_size)
         model.compile(optimizer=recipes.optimizer(recipe, total_steps=epochs * steps, learning_rate=learning_rate),
-                      loss=loss, metrics=metrics, jit_compile=False)
+                      loss=loss, metrics=metrics, jit_compile=False, steps_per_execution=per_call)
 
     folder = run_folder(out, name, data.name, resume)
     config = {
@@ -241,7 +245,7 @@ def _fine_tune(model, fit, config, folder, *, recipe, learning_rate, steps, labe
     with _distribution(strategy).scope():
         loss, metrics = recipes.loss_and_metrics(model.output_shape[-1], label_smoothing)
         model.compile(optimizer=recipes.optimizer(recipe, total_steps=fine_tune_epochs * steps, learning_rate=rate),
-                      loss=loss, metrics=metrics, jit_compile=False)
+                      loss=loss, metrics=metrics, jit_compile=False, steps_per_execution=model.steps_per_execution)
     with warnings.catch_warnings():  # restoring phase 1's backup skips its (head-only) optimizer state, as it should
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         history = fit(first, first + fine_tune_epochs, True, True)

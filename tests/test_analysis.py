@@ -3,7 +3,7 @@ import keras
 import pytest
 
 import keras_cnn
-from keras_cnn import reference
+from keras_cnn import analysis, reference
 
 
 def rows(summary):
@@ -61,6 +61,15 @@ def test_totals_match_keras(name):
     as_dict = summary.to_dict()
     assert as_dict["model"] == name and len(as_dict["rows"]) == len(summary.rows)
     assert name in str(summary) and "stem_conv" in str(summary) or "stage1_conv" in str(summary)
+
+
+def test_model_macs_include_nested_models():
+    inner = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, padding="same")], name="backbone")
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inner(inputs))))
+    conv, dense = 8 * 8 * 4 * (3 * 3 * 3), (8 * 8 * 4) * 2
+    assert analysis.model_macs(model) == conv + dense
+    assert keras_cnn.describe(model).total_macs == dense  # the table stops at the nested model
 
 
 def test_residual_add_keeps_the_larger_receptive_field():

@@ -65,6 +65,25 @@ def test_losses_and_metric_names():
     assert isinstance(loss, keras.losses.BinaryCrossentropy) and metrics[0].name == "accuracy"
 
 
+def test_cheap_models_run_several_steps_per_call(finished_run):
+    def steps(name, batch_size=128, **overrides):
+        return recipes.steps_per_execution(keras_cnn.build(name, input_shape=(32, 32, 3), **overrides), batch_size)
+
+    assert 1 < steps("deeper") < steps("small") <= recipes.MAX_STEPS_PER_EXECUTION
+    assert steps("deeper", batch_size=4096) == 1
+    assert steps("small", width=0.25) == recipes.MAX_STEPS_PER_EXECUTION
+    assert finished_run.model.steps_per_execution == recipes.steps_per_execution(finished_run.model, 64)
+
+
+def test_several_steps_per_call_train_the_same_model(tmp_path, digits, monkeypatch):
+    several = keras_cnn.train("small", digits, out=str(tmp_path / "several"), seed=3, **FAST)
+    monkeypatch.setattr(recipes, "steps_per_execution", lambda model, batch_size: 1)
+    one = keras_cnn.train("small", digits, out=str(tmp_path / "one"), seed=3, **FAST)
+    assert several.model.steps_per_execution > 1 == one.model.steps_per_execution
+    np.testing.assert_allclose(several.history["loss"], one.history["loss"], rtol=1e-5)
+    assert several.metrics.accuracy == pytest.approx(one.metrics.accuracy, abs=1e-3)
+
+
 def test_run_folder_is_complete_and_consistent(finished_run, digits):
     assert RUN_FILES <= set(os.listdir(finished_run.path))
     assert "backup" not in os.listdir(finished_run.path) and "best.json" not in os.listdir(finished_run.path)
