@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.signal
 import tensorflow as tf
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from keras_cnn import reference as ref
@@ -86,11 +86,39 @@ def keras_conv(kernel, bias, stride, padding, dilation):
     return layer
 
 
+def _onednn_on():
+    from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own check, as its start-up log uses
+
+    return _pywrap_util_port.IsMklEnabled()
+
+
+def onednn_miscomputes(x, stride, output_shape):
+    """Where TensorFlow 2.21's oneDNN convolution (3.7.3) returns wrong rows: one input channel, more than
+    one image, stride 1 down and more across, one output column and several rows (this property test
+    found it; a sweep of small shapes with both paddings found no other, and TF_ENABLE_ONEDNN_OPTS=0
+    computes it right). The zoo's convolutions have square strides and never meet it."""
+    return (x.shape[0] > 1 and x.shape[3] == 1 and stride[0] == 1 < stride[1]
+            and output_shape[2] == 1 and output_shape[1] > 1)
+
+
 @FAST
 @given(conv_cases())
 def test_conv2d_matches_keras_conv2d(case):
     x, kernel, bias, options = case
     expected = keras_conv(kernel, bias, **options)(x)
+    assume(not (_onednn_on() and onednn_miscomputes(x, options["stride"], expected.shape)))
+    np.testing.assert_allclose(ref.conv2d(x, kernel, bias, **options), expected, **TOL)
+
+
+@pytest.mark.xfail(condition=_onednn_on(), strict=True,
+                   reason="TensorFlow's oneDNN miscomputes this convolution; an XPASS means it was fixed: "
+                          "drop onednn_miscomputes")
+def test_keras_conv2d_with_one_channel_strided_across_to_one_column():
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 2, 3, 1)).astype("float32")
+    kernel, bias = np.array([[[[0.7]], [[-0.9]]]], "float32"), np.array([0.5], "float32")
+    options = dict(stride=(1, 2), padding="valid", dilation=(1, 1))
+    expected = keras_conv(kernel, bias, **options)(x)
+    assert onednn_miscomputes(x, options["stride"], expected.shape)
     np.testing.assert_allclose(ref.conv2d(x, kernel, bias, **options), expected, **TOL)
 
 
