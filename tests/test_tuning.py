@@ -65,6 +65,7 @@ def test_the_hypermodel_builds_the_zoo_model_the_space_names():
     assert {"stage1_conv", "stage1_bn", "stage1_pool", "stage2_conv", "head_dense1"} <= set(names)
     assert model.input_shape == (None, *DIGITS) and model.output_shape == (None, 10)
     assert isinstance(model.optimizer, keras.optimizers.Adam) and not model.jit_compile
+    assert model.steps_per_execution == keras_cnn.recipes.steps_per_execution(model, 128) > 1  # as train does
     hp.values.update(stages=3, filters_3=32, downsample="stride", recipe="sgd", sgd_lr=0.05, augment="basic",
                      flip=False)
     model = hypermodel(spaces.cnn).build(hp)

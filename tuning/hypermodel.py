@@ -3,8 +3,8 @@
 `build(hp)` asks the space what to build, refuses a configuration whose feature
 maps would shrink below 1x1 on this data (`FailedTrialError`, decided by
 `keras_cnn.model_info` before anything is built), builds the zoo's own model with
-`keras_cnn.build` and compiles it with the optimizer, loss and metrics of
-`keras_cnn.recipes`, as `keras_cnn.train` does. `fit` measures the built model
+`keras_cnn.build` and compiles it with the optimizer, loss, metrics and steps
+per call of `keras_cnn.recipes`, as `keras_cnn.train` does. `fit` measures the built model
 against the budgets (`tuning.budgets`) before training it.
 """
 import keras
@@ -22,17 +22,19 @@ class ZooHyperModel(keras_tuner.HyperModel):
         input_shape: (height, width, channels) of the data; models are never resized to fit it.
         num_classes: output units.
         steps_per_epoch: training batches per epoch, which size the `sgd` recipe's cosine schedule.
+        batch_size: images per batch, which sizes the steps run per Keras call (`recipes.steps_per_execution`).
         epochs: epochs per trial (Hyperband sets each trial's own in its hyperparameters).
         budgets: {"max_params": ..., ...} limits a model must meet before it is trained.
     """
 
-    def __init__(self, space, *, input_shape, num_classes, steps_per_epoch, epochs, budgets=None):
+    def __init__(self, space, *, input_shape, num_classes, steps_per_epoch, epochs, batch_size=128, budgets=None):
         super().__init__(name="keras_cnn")
         self.space = space
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.steps_per_epoch = steps_per_epoch
         self.epochs = epochs
+        self.batch_size = batch_size
         self.budgets = budgets or {}
 
     def declare_hyperparameters(self, hp):
@@ -58,7 +60,8 @@ class ZooHyperModel(keras_tuner.HyperModel):
         loss, metrics = recipes.loss_and_metrics(model.output_shape[-1])
         optimizer = recipes.optimizer(proposal.recipe, total_steps=epochs * self.steps_per_epoch,
                                       learning_rate=proposal.learning_rate)
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=False)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=False,
+                      steps_per_execution=recipes.steps_per_execution(model, self.batch_size))
         # Create the optimizer's variables now rather than inside the traced training step, where they leave
         # ~0.35 MB a trial that clear_session() does not return (trials 20 to 40 on digits).
         optimizer.build(model.trainable_variables)

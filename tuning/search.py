@@ -221,7 +221,8 @@ def _read(folder):
 def _hypermodel(settings, data, space_function):
     return ZooHyperModel(space_function, input_shape=data.image_shape, num_classes=data.num_classes,
                          steps_per_epoch=-(-data.sizes["train"] // settings["batch_size"]),
-                         epochs=settings["epochs"] or settings["max_epochs"], budgets=settings["budgets"])
+                         epochs=settings["epochs"] or settings["max_epochs"], batch_size=settings["batch_size"],
+                         budgets=settings["budgets"])
 
 
 class ZooTuner(keras_tuner.Tuner):
