@@ -47,8 +47,7 @@ def predict_probabilities(model, dataset, tta=None):
     `tta="flip"`, each image's probabilities are averaged with its mirror image's."""
     import tensorflow as tf
 
-    if tta not in TTA:
-        raise ValueError(f"`tta` must be None or 'flip'. Received: tta={tta!r}")
+    _check_tta(tta)
     probabilities = model.predict(dataset.map(lambda x, y: x), verbose=0)
     if tta == "flip":  # batches are (N, H, W, C): axis 2 is the width
         probabilities = (probabilities + model.predict(dataset.map(lambda x, y: tf.reverse(x, axis=[2])),
@@ -95,6 +94,7 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
     from keras_cnn import io, viz
     from keras_cnn.data import ImageData, load_data
 
+    _check_tta(tta)  # before the slow part: loading the model and the data
     run = io.load(model_or_run) if isinstance(model_or_run, str) else model_or_run
     model = run.model if isinstance(run, io.Run) else run
     own_data = data is None and isinstance(run, io.Run)
@@ -115,6 +115,11 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
         io.write_json(f"{folder}/metrics.json", result.to_dict())
         viz.save(viz.confusion_matrix(result.confusion_matrix, class_names), f"{folder}/confusion_matrix.png")
     return result
+
+
+def _check_tta(tta):
+    if tta not in TTA:
+        raise ValueError(f"`tta` must be None or 'flip'. Received: tta={tta!r}")
 
 
 def check_compatible(model, data):

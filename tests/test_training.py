@@ -236,6 +236,11 @@ def test_tta_evaluation_leaves_the_runs_metrics_alone(finished_run):
     assert json.loads(before)["tta"] is None
 
 
+def test_unknown_tta_fails_before_loading_anything(tmp_path):
+    with pytest.raises(ValueError, match="Received: tta='flop'"):  # not the missing run folder's error
+        keras_cnn.evaluate(str(tmp_path / "no-such-run"), tta="flop")
+
+
 def test_precision_auto_is_a_measured_choice():
     assert recipes.resolve_precision("auto") in ("float32", "mixed_bfloat16")
     assert recipes.resolve_precision("float32") == "float32"
