@@ -8,7 +8,7 @@ import keras
 from keras import layers
 
 from keras_cnn.augment import augmentation
-from keras_cnn.layers import FusedBatchNormalization
+from keras_cnn.layers import Conv2D, FusedBatchNormalization
 
 # PyTorch's BatchNorm2d defaults (momentum 0.1 there = 0.9 here, eps 1e-5): the
 # seeds' recipes were tuned with them, and Keras's 0.99 lags badly in short runs.
@@ -40,7 +40,7 @@ def activation(kind, name):
 
 def conv(x, filters, name, config, *, stride=1, padding="same"):
     """The family's conv (kernel size, initializer); no bias when BatchNorm follows, which cancels it."""
-    return layers.Conv2D(
+    return Conv2D(
         filters,
         config["kernel_size"],
         strides=stride,

@@ -230,6 +230,16 @@ def test_without_data_float_formats_are_checked_on_random_images(tmp_path):
     assert report.rows[1]["max_abs_diff"] <= 1e-4 and "-" in str(report)
 
 
+def test_convolutions_with_the_strip_gradient_export_like_any_other(tmp_path):
+    from keras_cnn import layers
+
+    model = keras_cnn.build("small", input_shape=SHAPE, width=4.0, num_classes=10)  # stage 2: 4x4 maps, 128 channels
+    assert any(isinstance(layer, layers.Conv2D) and layer.uses_strips(layer.input.shape) for layer in model.layers)
+    report = export(model, tmp_path, formats="saved_model,tflite", quantize="float32", latency_runs=1, verbose=False)
+    rows = {row["artifact"]: row for row in report.rows}
+    assert rows["saved_model"]["max_abs_diff"] <= 1e-4 and rows["small_float32.tflite"]["max_abs_diff"] <= 1e-4
+
+
 def test_a_run_whose_data_is_gone_says_to_pass_data(run_dir, tmp_path):
     shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("export"))
     write_json(tmp_path / "run" / "config.json", {"model": "small", "data": "folder:/nowhere"})

@@ -1,9 +1,11 @@
-"""FusedBatchNormalization: Keras's BatchNormalization numbers, PyTorch's running statistics."""
+"""keras_cnn.layers: FusedBatchNormalization (Keras's batch-norm numbers, PyTorch's running statistics) and
+Conv2D (Keras's convolution, its kernel gradient on narrow maps computed on strips of images)."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_cnn import layers
 from keras_cnn.layers import FusedBatchNormalization
 
 
@@ -68,3 +70,83 @@ def test_mixed_precision(dtype):
     layer = FusedBatchNormalization(dtype=dtype)
     y = layer(tf.cast(X, layer.compute_dtype), training=True)
     assert y.dtype == layer.compute_dtype and layer.moving_mean.dtype == "float32"
+
+
+
+@pytest.fixture
+def strip_calls(monkeypatch):
+    """Records each use of the strip gradient, so a test sees which path a convolution took."""
+    calls, original = [], layers._strip_gradient_conv
+
+    def spy(gap, per_strip):
+        calls.append((gap, per_strip))
+        return original(gap, per_strip)
+
+    monkeypatch.setattr(layers, "_strip_gradient_conv", spy)
+    return calls
+
+
+def output_and_gradients(layer, x, upstream):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * upstream)
+    return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
+
+
+@pytest.mark.parametrize("width, kernel_size, batch", [(8, 3, 5), (4, 3, 9), (4, 5, 3), (3, 2, 7), (8, 1, 4)])
+def test_strip_kernel_gradient_matches_keras(strip_calls, width, kernel_size, batch):
+    """Odd and even kernels (1-2 zero columns of padding each side) and batches that leave the last strip
+    part empty: output, input gradient, kernel and bias gradients all equal Keras's Conv2D's."""
+    rng = np.random.default_rng(width * 10 + kernel_size)
+    x = rng.normal(size=(batch, 5, width, layers.STRIP_MIN_CHANNELS)).astype("float32")
+    upstream = tf.constant(rng.normal(size=(batch, 5, width, 6)).astype("float32"))
+    ours, plain = layers.Conv2D(6, kernel_size, padding="same"), keras.layers.Conv2D(6, kernel_size, padding="same")
+    ours.build(x.shape)
+    plain.build(x.shape)
+    plain.set_weights(ours.get_weights())
+    expected = output_and_gradients(plain, x, upstream)
+    for got, want in zip(output_and_gradients(ours, x, upstream), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert strip_calls == [(kernel_size // 2, layers.STRIP_WIDTH // (width + kernel_size // 2))]
+
+
+@pytest.mark.parametrize("options, shape", [
+    ({}, (2, 4, layers.STRIP_MAX_WIDTH + 1, 128)),           # wide enough for oneDNN's own kernel
+    ({}, (2, 4, 4, layers.STRIP_MIN_CHANNELS - 1)),           # too few channels to gain
+    ({"strides": 2}, (2, 4, 4, 128)),
+    ({"padding": "valid"}, (2, 4, 4, 128)),
+])
+def test_other_convolutions_are_keras_own(strip_calls, options, shape):
+    layer = layers.Conv2D(3, 3, **{"padding": "same", **options})
+    layer(np.zeros(shape, "float32"))
+    assert strip_calls == []
+
+
+def test_strip_gradient_in_mixed_bfloat16(strip_calls):
+    x = np.random.default_rng(3).normal(size=(6, 4, 4, 128)).astype("float32")
+    ours = layers.Conv2D(4, 3, padding="same", dtype="mixed_bfloat16")
+    plain = keras.layers.Conv2D(4, 3, padding="same", dtype="mixed_bfloat16")
+    ours.build(x.shape)
+    plain.build(x.shape)
+    plain.set_weights(ours.get_weights())
+    gradients = []
+    for layer in (ours, plain):
+        with tf.GradientTape() as tape:
+            y = layer(x)
+            loss = tf.reduce_sum(tf.cast(y, "float32") ** 2)
+        gradients.append(tape.gradient(loss, layer.kernel))
+        assert y.dtype == tf.bfloat16
+    assert strip_calls and gradients[0].dtype == tf.float32
+    np.testing.assert_allclose(gradients[0], gradients[1], rtol=0.02, atol=0.02 * float(tf.reduce_max(gradients[1])))
+
+
+def test_conv2d_saves_and_loads_as_itself(tmp_path):
+    inputs = keras.Input((4, 4, 128))
+    model = keras.Model(inputs, layers.Conv2D(3, 3, padding="same", name="conv")(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(loaded.get_layer("conv")) is layers.Conv2D
+    x = np.random.default_rng(0).normal(size=(2, 4, 4, 128)).astype("float32")
+    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
