@@ -86,6 +86,16 @@ def strip_calls(monkeypatch):
     return calls
 
 
+def conv_pair(shape, kernel_size, filters, **kwargs):
+    """Our Conv2D and Keras's, built for `shape` with the same weights."""
+    ours = layers.Conv2D(filters, kernel_size, padding="same", **kwargs)
+    plain = keras.layers.Conv2D(filters, kernel_size, padding="same", **kwargs)
+    ours.build(shape)
+    plain.build(shape)
+    plain.set_weights(ours.get_weights())
+    return ours, plain
+
+
 def output_and_gradients(layer, x, upstream):
     x = tf.constant(x)
     with tf.GradientTape() as tape:
@@ -102,10 +112,7 @@ def test_strip_kernel_gradient_matches_keras(strip_calls, width, kernel_size, ba
     rng = np.random.default_rng(width * 10 + kernel_size)
     x = rng.normal(size=(batch, 5, width, layers.STRIP_MIN_CHANNELS)).astype("float32")
     upstream = tf.constant(rng.normal(size=(batch, 5, width, 6)).astype("float32"))
-    ours, plain = layers.Conv2D(6, kernel_size, padding="same"), keras.layers.Conv2D(6, kernel_size, padding="same")
-    ours.build(x.shape)
-    plain.build(x.shape)
-    plain.set_weights(ours.get_weights())
+    ours, plain = conv_pair(x.shape, kernel_size, 6)
     expected = output_and_gradients(plain, x, upstream)
     for got, want in zip(output_and_gradients(ours, x, upstream), expected):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -126,11 +133,7 @@ def test_other_convolutions_are_keras_own(strip_calls, options, shape):
 
 def test_strip_gradient_in_mixed_bfloat16(strip_calls):
     x = np.random.default_rng(3).normal(size=(6, 4, 4, 128)).astype("float32")
-    ours = layers.Conv2D(4, 3, padding="same", dtype="mixed_bfloat16")
-    plain = keras.layers.Conv2D(4, 3, padding="same", dtype="mixed_bfloat16")
-    ours.build(x.shape)
-    plain.build(x.shape)
-    plain.set_weights(ours.get_weights())
+    ours, plain = conv_pair(x.shape, 3, 4, dtype="mixed_bfloat16")
     gradients = []
     for layer in (ours, plain):
         with tf.GradientTape() as tape:
