@@ -68,7 +68,8 @@ def main():
                                          max_tflite_kb=args.max_tflite_kb, **common)
         with tempfile.TemporaryDirectory() as folder:
             exported = keras_cnn.export(budget.best_model, out_dir=folder, formats="tflite", quantize="float32",
-                                        verbose=False).rows[-1]["size_kb"] if budget.best_model is not None else None
+                                        class_names=cifar.class_names, verbose=False).rows[-1]["size_kb"] \
+                if budget.best_model is not None else None
         summary[f"search_max_tflite_kb_{args.max_tflite_kb:g}"] = {**_best(budget), "exported_tflite_kb": exported}
         print(f"best under {args.max_tflite_kb:g} KB: {_accuracy(budget)} ({exported} KB exported)")
         if exported is not None and exported > args.max_tflite_kb:

@@ -212,14 +212,15 @@ def cmd_export(args):
             config = json.load(handle)
         data = load_data(args.data or config["data"], **{**config.get("data_options", {}), **_data_options(args)})
     export(args.run, args.out, formats=args.formats, quantize=args.quantize, data=data, io=args.io,
-           max_accuracy_drop=args.max_accuracy_drop)
+           max_accuracy_drop=args.max_accuracy_drop, rescue=args.rescue, author=args.author, license=args.license,
+           converter=args.converter)
 
 
 def cmd_predict(args):
     _quiet_tensorflow()
     from keras_cnn.prediction import predict
 
-    results = predict(args.artifact, args.images, top=args.top)
+    results = predict(args.artifact, args.images, top=args.top, client=args.client)
     for result in results:
         print(result, file=sys.stderr if result.error else sys.stdout)
     return 1 if any(result.error for result in results) else 0
@@ -361,21 +362,32 @@ def parser():
                        "rebuild (no augmentation) as a SavedModel, TFLite files (built-in ops only) and ONNX. "
                        "Each artifact is re-loaded in its own runtime and checked on up to 2,000 test images; "
                        "a float32 artifact that differs from Keras by more than 1e-4 fails the export. Writes "
-                       "RUN/export/ (or --out) with labels.txt, a JSON sidecar per artifact and export_report.json.",
+                       "RUN/export/ (or --out) with labels.txt, a JSON sidecar per artifact and export_report.json. "
+                       "Every .tflite takes RGB images and carries the TFLite metadata MediaPipe Tasks reads "
+                       "(size, normalization, labels); each is also loaded by MediaPipe's ImageClassifier from the "
+                       "file alone and must agree with LiteRT.",
                        epilog="Examples: keras-cnn export saved_models/small-digits | keras-cnn export RUN "
-                       "--formats tflite --quantize float32,float16,dynamic,int8 --io uint8")
+                       "--formats tflite --quantize float32,float16,dynamic,int8 --rescue")
     s.add_argument("run", help="a run folder written by `keras-cnn train`")
     s.add_argument("--formats", type=_csv, default=("saved_model", "tflite"), metavar="LIST",
                    help="comma-separated: saved_model, tflite, onnx (default: saved_model,tflite; onnx needs "
                    'pip install -e ".[onnx]")')
     s.add_argument("--quantize", type=_csv, default=("float32", "int8"), metavar="LIST",
                    help="TFLite variants, comma-separated: float32, float16, dynamic, int8 (default: float32,int8)")
-    s.add_argument("--io", choices=("int8", "uint8"), default="int8",
-                   help="input/output type of the int8 TFLite model; uint8 takes raw pixels (default: int8)")
+    s.add_argument("--io", choices=("uint8", "int8"), default="uint8",
+                   help="input/output type of the int8 TFLite model: uint8 takes raw pixels, as cameras and "
+                   "MediaPipe give them (default: uint8); int8 files do not load in MediaPipe")
     s.add_argument("--out", metavar="DIR", help="output folder (default: RUN/export)")
     _add_data_arguments(s, "calibration and test data; default: the run's own data")
     s.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
                    help="flag quantized models that lose more top-1 accuracy than this (default: 1.0)")
+    s.add_argument("--rescue", action="store_true",
+                   help="if int8 loses more than --max-accuracy-drop, keep its worst layers in float until it does not")
+    s.add_argument("--author", help="author written into the TFLite metadata")
+    s.add_argument("--license", help="licence written into the TFLite metadata, e.g. Apache-2.0")
+    s.add_argument("--converter", choices=("saved_model", "keras"), default="saved_model",
+                   help="TFLite through TensorFlow's converter on the SavedModel (default) or Keras's own "
+                   "model.export(format='litert'), with the same settings")
     s.set_defaults(handler=cmd_export)
 
     s = sub.add_parser("predict", help="top classes of image files with a run or an exported model",
@@ -386,6 +398,8 @@ def parser():
     s.add_argument("artifact", help="run folder, .keras file, SavedModel folder, .tflite or .onnx file")
     s.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF)")
     s.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
+    s.add_argument("--client", choices=("mediapipe",), help="classify a .tflite with MediaPipe Tasks' "
+                   "ImageClassifier, from the file's own metadata (labels, normalization), as an app would")
     s.set_defaults(handler=cmd_predict)
 
     s = sub.add_parser("tune", help="search for the best model and settings under a budget (keras-tuner)",

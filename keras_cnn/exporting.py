@@ -5,8 +5,10 @@
 * `saved_model/`: a SavedModel with the serving signature `serve` (input `image`, float32 raw pixels
   [0, 255], NHWC, any batch size; output `probabilities`);
 * `<model>_<quant>.tflite` for each of float32, float16, dynamic (dynamic-range) and int8 (full
-  integer, int8 or uint8 input and output), converted from that SavedModel with TFLite's built-in
-  ops only: an op that would need the Flex delegate fails the export and is named;
+  integer, uint8 or int8 input and output), converted with TFLite's built-in ops only (an op that would
+  need the Flex delegate fails the export and is named), taking RGB images (a grayscale model converts
+  them inside) and carrying the TFLite metadata that MediaPipe Tasks reads: image size, colour space,
+  normalization, the labels packed in, the score range (`keras_cnn.tflite_export`);
 * `<model>.onnx` through Keras's ONNX exporter (the optional `.[onnx]` extra);
 
 and next to them `labels.txt`, one JSON sidecar per artifact (input shape and dtype, value range,
@@ -21,7 +23,11 @@ Nothing reaches `out_dir` unverified. Every artifact is written to a staging fol
 runtime (TensorFlow, the LiteRT interpreter, ONNX Runtime) through `keras_cnn.prediction`'s loaders and
 run on up to 2,000 held-out test images. A float32 artifact whose probabilities differ from the
 rebuild's by more than 1e-4 raises `ExportError` and is deleted; quantized artifacts whose top-1
-accuracy drops by more than `max_accuracy_drop` points are flagged in the report. Only then, with their
+accuracy drops by more than `max_accuracy_drop` points are flagged in the report (with `rescue=True` an
+int8 model is converted again with its worst layers in float until it is within the drop). Each `.tflite`
+is also loaded from the file alone by MediaPipe Tasks' `ImageClassifier` (`keras_cnn.mobile_client`): a
+float32 file it classifies differently from LiteRT (below 99% top-1 agreement), or any file whose category
+names are not the labels, fails the export like a parity failure. Only then, with their
 sidecars, labels.txt and the report written next to them, are the files renamed into place, so a failed
 or interrupted export leaves the previous files untouched.
 """
@@ -34,22 +40,21 @@ import tempfile
 
 import numpy as np
 
+from keras_cnn import mobile_client, tflite_export, tflite_metadata
 from keras_cnn.io import make_folder, write_json, write_text
 from keras_cnn.prediction import SIGNATURE, keras_artifact, latency_ms, load_artifact, sidecar_path
+from keras_cnn.tflite_export import ExportError, flex_ops  # noqa: F401  part of this module's interface
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
-INTEGER_IO = ("int8", "uint8")
+INTEGER_IO = ("uint8", "int8")
 PARITY_TOLERANCE = 1e-4  # max |probability difference| of a float32 artifact from the float32 rebuild
+CLIENT_AGREEMENT = 99.0  # min top-1 agreement (%) of MediaPipe's ImageClassifier with LiteRT on a float32 file
 MAX_TEST_IMAGES = 2000
 AUGMENT_LAYER = "augment"
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
 REPORT_FILE = "export_report.json"
 _RANDOM_IMAGES = 256  # parity check of a bare model exported without data
-
-
-class ExportError(ValueError):
-    """An export that cannot be shipped: a conversion failure, a Flex op, or a verification failure."""
 
 
 @dataclasses.dataclass
@@ -66,21 +71,24 @@ class ExportReport:
     calibration_images: int
     max_accuracy_drop: float
     rows: list
+    int8_layers: list = None  # each quantized layer's int8 error, worst first (`tflite_export.layer_errors`)
+    rescued_float_layers: list = None  # layers a rescue kept in float
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
     def table(self, color=False):
         """The rows as a text table; flagged rows in red when `color`."""
-        header = ("artifact", "format", "quant", "size KB", "top-1 %", "agree %", "max |dp|", "ms (b=1)", "")
+        header = ("artifact", "format", "quant", "size KB", "top-1 %", "agree %", "max |dp|", "ms (b=1)", "client",
+                  "")
         lines = [header]
         for row in self.rows:
             lines.append((row["artifact"], row["format"], row["quantization"], _fixed(row["size_kb"], 1),
                           _fixed(row["accuracy_pct"], 2), _fixed(row["agreement_pct"], 2),
-                          f"{row['max_abs_diff']:.1e}", _fixed(row["latency_ms"], 2),
+                          f"{row['max_abs_diff']:.1e}", _fixed(row["latency_ms"], 2), _client_cell(row.get("client")),
                           f"FLAG: top-1 -{row['accuracy_drop_pts']:.2f} pts" if row["flagged"] else ""))
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        left = (0, 1, 2, 8)  # text columns; the numbers are right-aligned
+        left = (0, 1, 2, 8, 9)  # text columns; the numbers are right-aligned
         text = []
         for line, row in zip(lines, [None, *self.rows]):
             cells = [cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))]
@@ -88,7 +96,13 @@ class ExportReport:
             text.append(f"\033[31m{out}\033[0m" if color and row and row["flagged"] else out)
         text.append(f"{self.test_images} {self.test_data}; agreement and max |dp| against the float32 Keras "
                     f"rebuild of {self.model}, which agrees with the {self.precision} source model on "
-                    f"{self.source_agreement_pct:.2f}% of them.")
+                    f"{self.source_agreement_pct:.2f}% of them; client: MediaPipe ImageClassifier's top-1 "
+                    "agreement with LiteRT, from the .tflite file alone.")
+        if self.int8_layers:
+            worst = ", ".join(f"{row['tensor']} {row['rmse_per_scale']:.2f}" for row in self.int8_layers[:3])
+            text.append(f"int8 error per layer (RMSE in quantization steps), worst: {worst}.")
+        if self.rescued_float_layers is not None:
+            text.append(f"rescued int8: kept in float: {', '.join(self.rescued_float_layers)}.")
         return "\n".join(text)
 
     def __str__(self):
@@ -96,8 +110,8 @@ class ExportReport:
 
 
 def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("float32", "int8"), *, data=None,
-           io="int8", max_accuracy_drop=1.0, calibration_samples=300, test_samples=MAX_TEST_IMAGES,
-           latency_runs=50, verbose=True):
+           io="uint8", max_accuracy_drop=1.0, rescue=False, calibration_samples=300, test_samples=MAX_TEST_IMAGES,
+           latency_runs=50, class_names=None, author=None, license=None, converter="saved_model", verbose=True):
     """Export a run folder or a Keras model, verify every artifact, and return an `ExportReport`.
 
     Args:
@@ -107,25 +121,21 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
         quantize: TFLite variants, any of "float32", "float16", "dynamic", "int8".
         data: calibration and test data: an `ImageData`, a `load_data` spec or an (x, y) tuple;
             default the run's own data. int8 needs it; without it other formats are checked on random images.
-        io: input/output type of the int8 TFLite model, "int8" or "uint8" (raw pixels, for image pipelines).
+        io: input/output type of the int8 TFLite model: "uint8" (raw pixels, what cameras and MediaPipe give)
+            or "int8".
         max_accuracy_drop: top-1 accuracy points a quantized model may lose before it is flagged.
+        rescue: when int8 loses more than `max_accuracy_drop`, keep its worst layers in float until it does not.
         calibration_samples: distinct training images for int8 calibration, 100 to 500.
         test_samples: held-out test images for verification (at most 2,000).
         latency_runs: batch-1 runs whose median is the reported latency.
+        class_names: the labels, in output order; default the run's, else the data's. TFLite files pack them.
+        author, license: written into the TFLite metadata.
+        converter: "saved_model" (TensorFlow's converter on the exported SavedModel) or "keras" (Keras's own
+            `model.export(format="litert")`, given the same settings); see docs/mobile.md for how they compare.
         verbose: print the table (flagged rows in red on a terminal).
     """
-    formats = _choices("formats", formats, FORMATS)
-    quantize = _choices("quantize", quantize, QUANTIZATIONS)
-    if io not in INTEGER_IO:
-        raise ValueError(f"io must be one of {INTEGER_IO}. Received: io={io!r}")
-    if not 100 <= calibration_samples <= 500:
-        raise ValueError("calibration_samples must be in [100, 500]. "
-                         f"Received: calibration_samples={calibration_samples!r}")
-    if not 1 <= test_samples <= MAX_TEST_IMAGES:
-        raise ValueError(f"test_samples must be in [1, {MAX_TEST_IMAGES}]. Received: test_samples={test_samples!r}")
-    if "onnx" in formats:
-        _require_onnx()
-    model, name, class_names, run_dir, precision, image_data = _resolve(source, data)
+    formats, quantize = _check_arguments(formats, quantize, io, calibration_samples, test_samples, converter)
+    model, name, class_names, run_dir, precision, image_data = _resolve(source, data, class_names)
     if out_dir is None and run_dir is None:
         raise ValueError("out_dir is required when exporting a model object. Received: out_dir=None")
     out_dir = os.path.abspath(out_dir or os.path.join(run_dir, "export"))
@@ -133,6 +143,9 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
     if "int8" in tflite and image_data is None:
         raise ExportError("int8 quantization needs calibration images from the training data, and none are "
                           "available: pass data= (an ImageData, a load_data spec or (x, y)). Received: data=None")
+    if tflite:
+        tflite_metadata.check_class_names(class_names)
+    class_names = list(class_names or map(str, range(max(model.output_shape[-1], 2))))
 
     rebuild = inference_model(model)
     shape = tuple(rebuild.input_shape[1:])
@@ -141,28 +154,60 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
     expected = reference.probabilities(x_test)
     source_agreement = _check_rebuild(model, expected, x_test, precision)
     calibration = _calibration_set(image_data, shape, calibration_samples) if "int8" in tflite else None
+    card = {"description": _description(name, class_names, shape, run_dir), "author": author, "license": license,
+            "version": os.path.basename(os.path.normpath(run_dir)) if run_dir else "1"}
+    gray_to_phone = bool(tflite) and shape[-1] == 1
+    test = _TestSet(x_test, y_test, expected, latency_runs,
+                    _rgb_expected(rebuild, x_test) if gray_to_phone else None)
 
     staging = tempfile.mkdtemp(prefix=".export-", dir=make_folder(out_dir, "out_dir"))
     try:
-        staged = _stage(rebuild, name, staging, formats, tflite, io, calibration)
-        rows = [_measure(reference, "keras", "float32", x_test, y_test, expected, latency_runs,
-                         os.path.join(run_dir, "model.keras") if run_dir else None)]
+        staged = _stage(rebuild, name, staging, formats, tflite, (io, converter), calibration, class_names, card)
+        rows = [_measure(reference, "keras", "float32", test, os.path.join(run_dir, "model.keras") if run_dir else None)]
         artifacts = []
         for fmt, quantization, path in staged:
             artifact = load_artifact(path)
-            rows.append(_measure(artifact, fmt, quantization, x_test, y_test, expected, latency_runs, path))
-            _check_parity(rows[-1], len(x_test))
+            rows.append(_verify(artifact, fmt, quantization, test, path, class_names))
             artifacts.append((artifact, fmt, quantization))
         _flag(rows, max_accuracy_drop)
         report = ExportReport(name, os.path.abspath(run_dir) if run_dir else None, out_dir, precision,
                               source_agreement, test_data, len(x_test), 0 if calibration is None else len(calibration),
                               max_accuracy_drop, rows)
+        if "int8" in tflite:
+            _int8_errors_and_rescue(report, staging, calibration, test, rescue, class_names, card)
         _install(artifacts, staging, report, class_names)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if verbose:
         print(report.table(color=sys.stdout.isatty()))
     return report
+
+
+@dataclasses.dataclass
+class _TestSet:
+    """The held-out images every artifact is measured on, with the float32 rebuild's probabilities on them."""
+
+    x: np.ndarray
+    y: np.ndarray
+    expected: np.ndarray
+    latency_runs: int
+    rgb_expected: np.ndarray = None  # a gray model's mobile rebuild (RGB in) on the images repeated into RGB
+
+    def _rgb(self, artifact):
+        return artifact.input_shape[-1] == 3 and self.x.shape[-1] == 1
+
+    def images_for(self, artifact):
+        """The test images as `artifact` takes them: gray ones repeated into RGB for a mobile (RGB) file."""
+        return np.repeat(self.x, 3, axis=-1) if self._rgb(artifact) else self.x
+
+    def expected_for(self, artifact):
+        return self.rgb_expected if self._rgb(artifact) else self.expected
+
+
+def _rgb_expected(rebuild, x):
+    """What the mobile rebuild of a gray model gives for the gray images repeated into RGB (luma weights sum to
+    0.9999, so the pixels it sees are not exactly the gray ones)."""
+    return keras_artifact(tflite_export.mobile_model(rebuild)).probabilities(np.repeat(x, 3, axis=-1))
 
 
 def inference_model(model):
@@ -182,18 +227,11 @@ def inference_model(model):
     return rebuilt
 
 
-def flex_ops(message):
-    """The TensorFlow op names a TFLite converter error says need the Flex (select TF ops) fallback."""
-    import re
+def _resolve(source, data, class_names):
+    """(model, name, class names, run folder or None, precision, ImageData or None) of a run folder or model.
 
-    listed = re.findall(r"TF Select ops: ([^\n]+)", message)
-    named = re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", message)
-    ops = [op.strip() for line in listed for op in line.split(",")] + named
-    return sorted(set(op for op in ops if op))
-
-
-def _resolve(source, data):
-    """(model, name, class names, run folder or None, precision, ImageData or None) of a run folder or model."""
+    Class names come from `class_names`, else the run, else the data; a bare model gets numbers only for
+    formats that do not carry labels (TFLite metadata packs them: `tflite_metadata.check_class_names`)."""
     import keras
 
     from keras_cnn.evaluation import check_compatible
@@ -201,19 +239,18 @@ def _resolve(source, data):
     from keras_cnn.recipes import model_precision
 
     if isinstance(source, keras.Model):
-        model, name, run_dir, class_names = source, source.name, None, None
+        model, name, run_dir = source, source.name, None
         image_data = _image_data(data)
     elif isinstance(source, (str, os.PathLike)):
         run = load(source)
-        model, run_dir, class_names = run.model, str(source), run.class_names
+        model, run_dir, class_names = run.model, str(source), class_names or run.class_names
         name = run.config.get("model", model.name)
         image_data = _image_data(data) if data is not None else _run_data(run)
     else:
         raise ValueError(f"export takes a run folder or a keras.Model. Received: source={type(source).__name__}")
     if image_data is not None:
         check_compatible(model, image_data)
-    numbered = [str(i) for i in range(max(model.output_shape[-1], 2))]
-    class_names = list(class_names or (image_data.class_names if image_data else numbered))
+    class_names = class_names or (image_data.class_names if image_data else None)
     return model, name, class_names, run_dir, model_precision(model), image_data
 
 
@@ -252,10 +289,11 @@ def _test_set(image_data, shape, limit):
 
 
 def _calibration_set(image_data, shape, samples):
-    """Distinct un-augmented training images (validation if there is no train split), float32 [0, 255]."""
+    """Distinct un-augmented training images (validation if there is no train split), float32 [0, 255], in RGB as
+    the TFLite files take them (`tflite_export.mobile_model`)."""
     split = "train" if image_data.sizes["train"] else "val"
     x, _ = image_data.arrays(split, image_shape=shape, limit=samples)
-    return x
+    return np.repeat(x, 3 // x.shape[-1], axis=-1)
 
 
 def _check_rebuild(model, expected, x, precision):
@@ -268,20 +306,70 @@ def _check_rebuild(model, expected, x, precision):
     return _agreement(original, expected)
 
 
-def _stage(rebuild, name, staging, formats, tflite, io, calibration):
-    """Write every requested artifact into `staging`: [(format, quantization, path)]."""
+def _stage(rebuild, name, staging, formats, tflite, conversion, calibration, class_names, card):
+    """Write every requested artifact into `staging`: [(format, quantization, path)]; `conversion` is (io,
+    converter)."""
+    io, converter = conversion
     saved_model = os.path.join(staging, "saved_model")
-    if "saved_model" in formats or tflite:  # TFLite converts from the SavedModel
+    if "saved_model" in formats:
         _write_saved_model(rebuild, saved_model)
     staged = [("saved_model", "float32", saved_model)] if "saved_model" in formats else []
+    if tflite:
+        mobile = _mobile_saved_model(rebuild, staging)
     for quantization in tflite:
-        path = os.path.join(staging, f"{name}_{quantization}.tflite")
-        with open(path, "wb") as handle:
-            handle.write(_convert_tflite(saved_model, quantization, io, calibration))
-        staged.append(("tflite", quantization, path))
+        model_bytes = (tflite_export.convert_with_keras(tflite_export.mobile_model(rebuild), quantization, io,
+                                                        calibration) if converter == "keras"
+                       else tflite_export.convert(mobile, quantization, io, calibration))
+        staged.append(("tflite", quantization, _write_tflite(model_bytes, staging, name, quantization, class_names,
+                                                             card)))
     if "onnx" in formats:
         staged.append(("onnx", "float32", _write_onnx(rebuild, os.path.join(staging, f"{name}.onnx"))))
     return staged
+
+
+def _mobile_saved_model(rebuild, staging):
+    """The SavedModel TFLite converts from: the rebuild taking RGB (`tflite_export.mobile_model`); not installed."""
+    path = os.path.join(staging, ".mobile_saved_model")
+    _write_saved_model(tflite_export.mobile_model(rebuild), path)
+    return path
+
+
+def _write_tflite(model_bytes, staging, name, quantization, class_names, card):
+    """The `.tflite` file in `staging`, with its metadata where MediaPipe (which writes it) is installed."""
+    if tflite_metadata.available():
+        model_bytes = tflite_export.with_metadata(model_bytes, name=name, class_names=class_names, card=card)
+    path = os.path.join(staging, f"{name}_{quantization}.tflite")
+    with open(path, "wb") as handle:
+        handle.write(model_bytes)
+    return path
+
+
+def _int8_errors_and_rescue(report, staging, calibration, test, rescue, class_names, card):
+    """Per-layer int8 errors into the report; with `rescue` and a flagged int8 row, the rescued file replaces it."""
+    mobile = os.path.join(staging, ".mobile_saved_model")
+    report.int8_layers = tflite_export.layer_errors(mobile, calibration)
+    index, row = next((i, row) for i, row in enumerate(report.rows) if row["quantization"] == "int8")
+    if not (rescue and row["flagged"]):
+        return
+    path = os.path.join(staging, row["artifact"])
+
+    def accuracy(model_bytes):
+        _write_tflite(model_bytes, staging, report.model, "int8", class_names, card)
+        return _measure(load_artifact(path), "tflite", "int8", test, path, timed=False)["accuracy_pct"]
+
+    target = report.rows[0]["accuracy_pct"] - report.max_accuracy_drop
+    layers = [layer["tensor"] for layer in report.int8_layers]
+    model_bytes, kept, sensitivity = tflite_export.rescue(mobile, calibration, layers, accuracy, target)
+    by_tensor = {entry["tensor"]: entry["accuracy_pct"] for entry in sensitivity}
+    for layer in report.int8_layers:
+        layer["accuracy_pct_in_float"] = by_tensor.get(layer["tensor"])
+    if model_bytes is None:
+        raise ExportError(f"int8 stays more than {report.max_accuracy_drop} points below Keras even with all but "
+                          f"one layer in float; export without int8 or allow a larger drop. Received: rescue=True")
+    accuracy(model_bytes)  # the file in staging is the rescued model again
+    report.rows[index] = _verify(load_artifact(path), "tflite", "int8", test, path, class_names)
+    _flag(report.rows, report.max_accuracy_drop)
+    report.rescued_float_layers = kept
 
 
 def _install(artifacts, staging, report, class_names):
@@ -313,31 +401,6 @@ def _write_saved_model(model, path):
     archive.write_out(path, verbose=False)
 
 
-def _convert_tflite(saved_model, quantization, io, calibration):
-    """TFLite flatbuffer bytes from the SavedModel's `serve` signature, built-in ops only."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=[SIGNATURE])
-    builtins = tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if quantization == "int8" else tf.lite.OpsSet.TFLITE_BUILTINS
-    converter.target_spec.supported_ops = [builtins]  # never SELECT_TF_OPS: a Flex model does not run on phones
-    converter.allow_custom_ops = False
-    if quantization != "float32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantization == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    if quantization == "int8":
-        converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
-        converter.inference_input_type = converter.inference_output_type = tf.as_dtype(io)
-    try:
-        return converter.convert()
-    except Exception as error:  # ConverterError, and the ValueErrors of the quantizer
-        ops = flex_ops(str(error))
-        if ops:
-            raise ExportError(f"TFLite {quantization}: the model uses TensorFlow ops that TFLite's built-in "
-                              f"op set lacks and that would need the Flex delegate: {', '.join(ops)}") from None
-        raise ExportError(f"TFLite {quantization} conversion failed: {_first_error_line(error)}") from None
-
-
 def _require_onnx():
     missing = [module for module in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(module) is None]
     if missing:
@@ -353,21 +416,34 @@ def _write_onnx(model, path):
     return path
 
 
-def _measure(artifact, fmt, quantization, x, y, expected, latency_runs, path):
-    """One report row: size, top-1 accuracy, agreement and max |difference| against `expected`, latency."""
+def _measure(artifact, fmt, quantization, test, path, timed=True):
+    """One report row: size, top-1 accuracy, agreement and max |difference| against the rebuild, latency."""
+    x, expected = test.images_for(artifact), test.expected_for(artifact)
     probabilities = artifact.probabilities(x)
     return {
         "artifact": os.path.basename(path) if path else artifact.path,
         "format": fmt,
         "quantization": quantization,
         "size_kb": round(_size_kb(path), 1) if path and os.path.exists(path) else None,
-        "accuracy_pct": None if y is None else round(float(np.mean(probabilities.argmax(1) == y) * 100), 3),
+        "accuracy_pct": None if test.y is None else round(float(np.mean(probabilities.argmax(1) == test.y) * 100), 3),
         "agreement_pct": _agreement(probabilities, expected),
         "max_abs_diff": float(np.abs(probabilities - expected).max()),
-        "latency_ms": round(latency_ms(artifact, x[0], latency_runs), 4),
+        "latency_ms": round(latency_ms(artifact, x[0], test.latency_runs), 4) if timed else None,
         "accuracy_drop_pts": None,
         "flagged": False,
     }
+
+
+def _verify(artifact, fmt, quantization, test, path, class_names):
+    """`_measure`, then the checks that fail an export: float32 parity and, for TFLite, MediaPipe's client."""
+    row = _measure(artifact, fmt, quantization, test, path)
+    _check_parity(row, len(test.x))
+    if fmt == "tflite":
+        images = np.clip(np.round(test.images_for(artifact)), 0, 255)  # what a camera gives: 8-bit pixels
+        ours = artifact.probabilities(images).argmax(1)
+        row["client"] = mobile_client.check(path, images, ours, class_names, artifact.tensors["input"]["dtype"])
+        _check_client(row)
+    return row
 
 
 def _check_parity(row, count):
@@ -375,6 +451,19 @@ def _check_parity(row, count):
         raise ExportError(f"{row['artifact']} does not match the Keras model: its probabilities differ by up to "
                           f"{row['max_abs_diff']:.2e} (tolerance {PARITY_TOLERANCE:g}) on {count} test images; "
                           "nothing was written")
+
+
+def _check_client(row):
+    client = row["client"]
+    if client["status"] != "ok":
+        return
+    if not client["names_match"]:
+        raise ExportError(f"{row['artifact']}: MediaPipe's ImageClassifier names the classes differently from "
+                          "labels.txt; nothing was written")
+    if row["quantization"] == "float32" and client["agreement_pct"] < CLIENT_AGREEMENT:
+        raise ExportError(f"{row['artifact']}: MediaPipe's ImageClassifier agrees with LiteRT on only "
+                          f"{client['agreement_pct']:.2f}% of the test images (at least {CLIENT_AGREEMENT:g}% "
+                          "needed); nothing was written")
 
 
 def _flag(rows, max_accuracy_drop):
@@ -405,8 +494,25 @@ def _sidecar(artifact, final, fmt, quantization, report, class_names):
         "labels": "labels.txt",
         "signature": SIGNATURE if fmt in ("saved_model", "tflite") else None,
         "source": {"run": report.source, "model": report.model, "precision": report.precision},
+        "metadata": _metadata_summary(artifact.path) if fmt == "tflite" else None,
         "keras_cnn_version": __version__,
     }
+
+
+def _metadata_summary(path):
+    """What the `.tflite` file's own metadata says, read back from it, so that sidecar and file cannot disagree."""
+    if not tflite_metadata.available():
+        return None
+    with open(path, "rb") as handle:
+        metadata, files = tflite_metadata.read_metadata(handle.read())
+    image = metadata["subgraph_metadata"][0]["input_tensor_metadata"][0]
+    options = image["process_units"][0]["options"]
+    size = image["content"]["content_properties"].get("default_size", {})
+    return {"name": metadata["name"], "version": metadata.get("version"), "color_space": "RGB",
+            "image_size": [size.get("height"), size.get("width")],
+            "normalization": {"mean": options["mean"], "std": options["std"]},
+            "score": "probabilities in [0, 1]", "packed_files": sorted(files),
+            "min_parser_version": metadata.get("min_parser_version")}
 
 
 def _move(staged, final, staging):
@@ -442,6 +548,35 @@ def _fixed(value, digits):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _first_error_line(error):
-    lines = [line.strip() for line in str(error).splitlines() if "error:" in line] or str(error).splitlines() or [""]
-    return lines[0] or type(error).__name__
+
+def _client_cell(client):
+    if client is None:
+        return ""
+    if client["status"] != "ok":
+        return client["status"].split(":")[0]
+    return f"{client['agreement_pct']:.2f}%" + ("" if client["names_match"] else " names differ")
+
+
+def _description(name, class_names, shape, run_dir):
+    height, width, _ = shape
+    source = f" ({os.path.basename(os.path.normpath(run_dir))})" if run_dir else ""
+    return (f"{name}{source}: a keras-cnn image classifier of {len(class_names)} classes; takes {height}x{width} "
+            "RGB images with raw pixel values, gives class probabilities.")
+
+
+def _check_arguments(formats, quantize, io, calibration_samples, test_samples, converter):
+    """(formats, quantize) as tuples, after checking every argument that needs no model or data."""
+    formats = _choices("formats", formats, FORMATS)
+    quantize = _choices("quantize", quantize, QUANTIZATIONS)
+    if io not in INTEGER_IO:
+        raise ValueError(f"io must be one of {INTEGER_IO}. Received: io={io!r}")
+    if converter not in tflite_export.CONVERTERS:
+        raise ValueError(f"converter must be one of {tflite_export.CONVERTERS}. Received: converter={converter!r}")
+    if not 100 <= calibration_samples <= 500:
+        raise ValueError("calibration_samples must be in [100, 500]. "
+                         f"Received: calibration_samples={calibration_samples!r}")
+    if not 1 <= test_samples <= MAX_TEST_IMAGES:
+        raise ValueError(f"test_samples must be in [1, {MAX_TEST_IMAGES}]. Received: test_samples={test_samples!r}")
+    if "onnx" in formats:
+        _require_onnx()
+    return formats, quantize

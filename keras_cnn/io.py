@@ -84,7 +84,7 @@ def reserve_folder(base):
 
 
 def write_text(path, text):
-    with atomic_path(path) as temporary, open(temporary, "w") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as handle:
         handle.write(text)
 
 
@@ -175,7 +175,7 @@ def load(run_dir):
             config = json.load(handle)
         except json.JSONDecodeError as error:
             raise ValueError(f"{run_dir}/config.json is not valid JSON ({error}). {received}") from None
-    with open(os.path.join(run_dir, "labels.txt")) as handle:
+    with open(os.path.join(run_dir, "labels.txt"), encoding="utf-8") as handle:
         class_names = [line.rstrip("\n") for line in handle if line.strip()]
     model = load_model(os.path.join(run_dir, "model.keras"))
     return Run(run_dir, model, class_names, config)

@@ -103,3 +103,21 @@ def _strip_gradient_conv(gap, per_strip):
         return tf.nn.conv2d(x, kernel, strides=1, padding="SAME"), grad
 
     return conv
+
+
+@keras.saving.register_keras_serializable(package="keras_cnn")
+class RGBToGray(keras.layers.Layer):
+    """RGB images to one gray channel with the luma weights the data loader uses (`tf.image.rgb_to_grayscale`).
+
+    The mobile export puts it in front of a grayscale model, because cameras and the on-device clients
+    (MediaPipe Tasks) hand a classifier RGB frames.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        return keras.ops.image.rgb_to_grayscale(inputs, data_format="channels_last")
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 1)

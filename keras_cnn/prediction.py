@@ -62,18 +62,31 @@ class Prediction:
         return f"{self.image}: " + ", ".join(f"{label} {probability:.3f}" for label, probability in self.top)
 
 
-def predict(artifact, images, top=3):
+CLIENTS = (None, "mediapipe")
+
+
+def predict(artifact, images, top=3, client=None):
     """Top-`top` (label, probability) per image, as a list of `Prediction` in the order given.
 
     `artifact` is a run folder, a `.keras` file, a SavedModel folder, a `.tflite` or `.onnx` file (or an
     `Artifact` from `load_artifact`); `images` is one path or a list of paths and/or numpy images in
     [0, 255]. Bad images are reported in their `Prediction.error`; nothing is raised for them.
+    `client="mediapipe"` classifies a `.tflite` file with MediaPipe Tasks' `ImageClassifier` instead of
+    LiteRT, reading the normalization and class names from the file's metadata alone (images are decoded
+    and resized as for the other paths, then handed over as RGB frames).
     """
     from keras_cnn.data import read_image
 
     if not isinstance(top, int) or isinstance(top, bool) or top < 1:
         raise ValueError(f"top must be a positive integer. Received: top={top!r}")
-    loaded = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    if client not in CLIENTS:
+        raise ValueError(f"client must be 'mediapipe' or None. Received: client={client!r}")
+    if client:
+        from keras_cnn import mobile_client
+
+        loaded = mobile_client.artifact(artifact)
+    else:
+        loaded = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     images = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) else list(images)
     names = [str(image) if not isinstance(image, np.ndarray) else f"<array {i}>" for i, image in enumerate(images)]
     results, batch, positions = [], [], []
@@ -185,12 +198,12 @@ def _load_saved_model(path):
 
 def _load_tflite(path):
     try:
-        interpreter = _interpreter(path)
-        interpreter.allocate_tensors()
+        runtime = interpreter(path)
+        runtime.allocate_tensors()
     except (ValueError, RuntimeError) as error:  # "The model is not a valid Flatbuffer buffer", ...
         raise ValueError(f"cannot load {path}: it is not a valid TFLite model ({first_line(error)}); export it "
                          f"again. Received: artifact={path!r}") from None
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    inputs, outputs = runtime.get_input_details(), runtime.get_output_details()
     if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; predict runs image "
                          f"classifiers with one of each. Received: artifact={path!r}")
@@ -200,15 +213,15 @@ def _load_tflite(path):
     in_dtype = input_detail["dtype"]
 
     def run(x):
-        if interpreter.get_input_details()[0]["shape"][0] != len(x):
-            interpreter.resize_tensor_input(input_detail["index"], [len(x), *x.shape[1:]], strict=True)
-            interpreter.allocate_tensors()
+        if runtime.get_input_details()[0]["shape"][0] != len(x):
+            runtime.resize_tensor_input(input_detail["index"], [len(x), *x.shape[1:]], strict=True)
+            runtime.allocate_tensors()
         if in_scale:
             info = np.iinfo(in_dtype)
             x = np.clip(np.round(x / in_scale + in_zero), info.min, info.max)
-        interpreter.set_tensor(input_detail["index"], x.astype(in_dtype))
-        interpreter.invoke()
-        output = interpreter.get_tensor(output_detail["index"]).astype(np.float32)
+        runtime.set_tensor(input_detail["index"], x.astype(in_dtype))
+        runtime.invoke()
+        output = runtime.get_tensor(output_detail["index"]).astype(np.float32)
         return (output - out_zero) * out_scale if out_scale else output
 
     shape = tuple(int(d) for d in input_detail["shape_signature"])
@@ -239,7 +252,7 @@ def _artifact(path, kind, input_shape, run, tensors):
     """An exported artifact with the class names of its sidecar, else of labels.txt beside it, else numbers."""
     sidecar, labels = sidecar_path(path), os.path.join(os.path.dirname(os.path.normpath(path)), "labels.txt")
     if os.path.isfile(sidecar):
-        with open(sidecar) as handle:
+        with open(sidecar, encoding="utf-8") as handle:
             class_names = json.load(handle)["class_names"]
     elif os.path.isfile(labels):
         class_names = _read_labels(labels)
@@ -248,13 +261,13 @@ def _artifact(path, kind, input_shape, run, tensors):
     return Artifact(path, kind, tuple(int(d) for d in input_shape), class_names, run, tensors)
 
 
-def _interpreter(path):
+def interpreter(model_path=None, model_content=None):
     """The LiteRT interpreter (`ai_edge_litert`), or TensorFlow's deprecated one when LiteRT is missing."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         from tensorflow.lite import Interpreter
-    return Interpreter(model_path=path)
+    return Interpreter(model_path=model_path, model_content=model_content)
 
 
 def _spec(name, shape, dtype, scale=0.0, zero_point=0):
@@ -265,7 +278,7 @@ def _spec(name, shape, dtype, scale=0.0, zero_point=0):
 
 
 def _read_labels(path):
-    with open(path) as handle:
+    with open(path, encoding="utf-8") as handle:
         return [line.rstrip("\n") for line in handle if line.strip()]
 
 

@@ -23,6 +23,7 @@ from keras_cnn.io import load_model, write_json
 
 export_module = importlib.import_module("keras_cnn.exporting")
 SHAPE = (8, 8, 1)
+MOBILE = (8, 8, 3)  # every .tflite takes RGB; the digits model converts to gray inside
 CLASS_NAMES = [f"d{i}" for i in range(10)]
 ALL_QUANT = ("float32", "float16", "dynamic", "int8")
 
@@ -44,7 +45,8 @@ def run_litert(interpreter, x, sidecar):
     spec_in, spec_out = sidecar["input"], sidecar["output"]
     index_in = interpreter.get_input_details()[0]["index"]
     index_out = interpreter.get_output_details()[0]["index"]
-    interpreter.resize_tensor_input(index_in, [len(x), *SHAPE])
+    x = np.repeat(x, sidecar["input"]["shape"][-1] // x.shape[-1], axis=-1)
+    interpreter.resize_tensor_input(index_in, [len(x), *x.shape[1:]])
     interpreter.allocate_tensors()
     if spec_in["quantization"]:
         q = spec_in["quantization"]
@@ -73,6 +75,15 @@ def expected(run_dir, test_images):
     """The float32 rebuild's probabilities on the test images: the parity reference."""
     model = keras_cnn.load(run_dir).model
     return np.asarray(inference_model(model).predict(test_images[0], verbose=0))
+
+
+@pytest.fixture(scope="module")
+def mobile_expected(run_dir, test_images):
+    """What the .tflite files are converted from: the rebuild taking RGB, on the test images repeated into RGB."""
+    from keras_cnn.tflite_export import mobile_model
+
+    model = mobile_model(inference_model(keras_cnn.load(run_dir).model))
+    return np.asarray(model.predict(np.repeat(test_images[0], 3, axis=-1), verbose=0))
 
 
 def read_sidecar(path):
@@ -110,8 +121,9 @@ def test_float32_artifacts_match_keras_within_1e4_and_quantized_ones_are_measure
 
 
 @pytest.mark.parametrize("quantization", ALL_QUANT)
-def test_each_tflite_runs_in_litert_with_the_sidecar_quantization(run_dir, report, test_images, expected,
+def test_each_tflite_runs_in_litert_with_the_sidecar_quantization(run_dir, report, test_images, mobile_expected,
                                                                  quantization):
+    expected = mobile_expected
     out = run_dir / "export"
     sidecar = read_sidecar(out / f"small_{quantization}.json")
     probabilities = run_litert(litert(out / f"small_{quantization}.tflite"), test_images[0], sidecar)
@@ -121,14 +133,14 @@ def test_each_tflite_runs_in_litert_with_the_sidecar_quantization(run_dir, repor
     else:
         assert agreement >= 0.9
     integer = quantization == "int8"
-    assert sidecar["input"]["dtype"] == ("int8" if integer else "float32")
+    assert sidecar["input"]["dtype"] == ("uint8" if integer else "float32")
     assert (sidecar["input"]["quantization"] is not None) == integer
     assert (sidecar["output"]["quantization"] is not None) == integer
 
 
 def test_sidecar_tells_an_app_everything(run_dir, report):
     sidecar = read_sidecar(run_dir / "export" / "small_int8.json")
-    assert sidecar["input"]["shape"] == [None, *SHAPE] and sidecar["input"]["value_range"] == [0, 255]
+    assert sidecar["input"]["shape"] == [None, *MOBILE] and sidecar["input"]["value_range"] == [0, 255]
     assert sidecar["input"]["quantization"]["scale"] > 0 and "zero_point" in sidecar["input"]["quantization"]
     assert sidecar["output"]["shape"] == [None, 10] and sidecar["class_names"] == CLASS_NAMES
     assert sidecar["labels"] == "labels.txt" and sidecar["signature"] == "serve"
@@ -151,30 +163,38 @@ def test_saved_model_signature_runs_in_a_fresh_process(run_dir, report, test_ima
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected[:50], atol=1e-5)
 
 
-def test_tflite_input_resizes_to_batch_7(run_dir, report, test_images, expected):
+def test_tflite_input_resizes_to_batch_7(run_dir, report, test_images, mobile_expected):
     interpreter = litert(run_dir / "export" / "small_float32.tflite")
     detail = interpreter.get_input_details()[0]
-    assert list(detail["shape_signature"]) == [-1, *SHAPE]
-    interpreter.resize_tensor_input(detail["index"], [7, *SHAPE], strict=True)
+    assert list(detail["shape_signature"]) == [-1, *MOBILE]
+    interpreter.resize_tensor_input(detail["index"], [7, *MOBILE], strict=True)
     interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], test_images[0][:7])
+    interpreter.set_tensor(detail["index"], np.repeat(test_images[0][:7], 3, axis=-1))
     interpreter.invoke()
     output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     assert output.shape == (7, 10)
-    np.testing.assert_allclose(output, expected[:7], atol=1e-4)
+    np.testing.assert_allclose(output, mobile_expected[:7], atol=1e-4)
 
 
-def test_uint8_io_takes_raw_pixels(tmp_path, run_dir, digits, test_images):
-    model = keras_cnn.load(run_dir).model  # trained: an untrained model's near-uniform outputs flip at random
-    report = export(model, tmp_path, formats="tflite", quantize="int8", data=digits, io="uint8", latency_runs=1,
-                    verbose=False)
-    sidecar = read_sidecar(tmp_path / "small_int8.json")
+def test_uint8_io_is_the_default_and_takes_raw_pixels(run_dir, report, test_images, mobile_expected):
+    sidecar = read_sidecar(run_dir / "export" / "small_int8.json")
     assert sidecar["input"]["dtype"] == "uint8" and sidecar["output"]["dtype"] == "uint8"
     assert sidecar["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}  # pixels go in as they are
+    probabilities = run_litert(litert(run_dir / "export" / "small_int8.tflite"), test_images[0], sidecar)
+    assert np.mean(probabilities.argmax(1) == mobile_expected.argmax(1)) >= 0.9
+
+
+def test_int8_io_on_request(tmp_path, run_dir, digits, test_images):
+    model = keras_cnn.load(run_dir).model  # trained: an untrained model's near-uniform outputs flip at random
+    report = export(model, tmp_path, formats="tflite", quantize="int8", data=digits, io="int8", latency_runs=1,
+                    verbose=False)
+    sidecar = read_sidecar(tmp_path / "small_int8.json")
+    assert sidecar["input"]["dtype"] == "int8" and sidecar["output"]["dtype"] == "int8"
     probabilities = run_litert(litert(tmp_path / "small_int8.tflite"), test_images[0], sidecar)
     reference = inference_model(model).predict(test_images[0], verbose=0)
     assert np.mean(probabilities.argmax(1) == reference.argmax(1)) >= 0.9
     assert report.source is None and sidecar["source"]["run"] is None
+    assert report.rows[1]["client"]["status"].startswith("not loadable: int8 input")
 
 
 def test_augmentation_layers_are_left_out_and_the_export_is_deterministic(tmp_path, digits, test_images):
@@ -225,7 +245,8 @@ def test_int8_without_data_is_a_clear_error(tmp_path):
 
 
 def test_without_data_float_formats_are_checked_on_random_images(tmp_path):
-    report = export(tiny_model(), tmp_path, formats="tflite", quantize="float32", latency_runs=1, verbose=False)
+    report = export(tiny_model(), tmp_path, formats="tflite", quantize="float32", class_names=CLASS_NAMES,
+                    latency_runs=1, verbose=False)
     assert "random images" in report.test_data and report.rows[1]["accuracy_pct"] is None
     assert report.rows[1]["max_abs_diff"] <= 1e-4 and "-" in str(report)
 
@@ -235,7 +256,8 @@ def test_convolutions_with_the_strip_gradient_export_like_any_other(tmp_path):
 
     model = keras_cnn.build("small", input_shape=SHAPE, width=4.0, num_classes=10)  # stage 2: 4x4 maps, 128 channels
     assert any(isinstance(layer, layers.Conv2D) and layer.uses_strips(layer.input.shape) for layer in model.layers)
-    report = export(model, tmp_path, formats="saved_model,tflite", quantize="float32", latency_runs=1, verbose=False)
+    report = export(model, tmp_path, formats="saved_model,tflite", quantize="float32", class_names=CLASS_NAMES,
+                    latency_runs=1, verbose=False)
     rows = {row["artifact"]: row for row in report.rows}
     assert rows["saved_model"]["max_abs_diff"] <= 1e-4 and rows["small_float32.tflite"]["max_abs_diff"] <= 1e-4
 
@@ -256,8 +278,8 @@ def test_a_run_is_verified_on_the_test_split_of_its_training_seed(run_dir):
 
 
 def test_a_parity_failure_raises_and_leaves_no_artifact(tmp_path, digits, monkeypatch):
-    convert = export_module._convert_tflite
-    monkeypatch.setattr(export_module, "_convert_tflite",
+    convert = export_module.tflite_export.convert
+    monkeypatch.setattr(export_module.tflite_export, "convert",
                         lambda saved_model, quantization, io, calibration: convert(saved_model, "dynamic", io, None))
     with pytest.raises(ExportError, match=r"small_float32.tflite does not match the Keras model.*tolerance 0.0001"):
         export(tiny_model(), tmp_path, formats=("saved_model", "tflite"), quantize="float32", data=digits,
@@ -276,7 +298,8 @@ def test_an_op_needing_flex_fails_the_export_and_is_named(tmp_path):
     inputs = keras.Input(SHAPE)
     outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(CumulativeProduct()(inputs)))
     with pytest.raises(ExportError, match=r"would need the Flex delegate: Cumprod$"):
-        export(keras.Model(inputs, outputs), tmp_path, formats="tflite", quantize="float32", verbose=False)
+        export(keras.Model(inputs, outputs), tmp_path, formats="tflite", quantize="float32", class_names=CLASS_NAMES,
+               verbose=False)
     assert os.listdir(tmp_path) == []
 
 
@@ -288,7 +311,7 @@ def test_flex_ops_reads_both_converter_messages():
     assert flex_ops("error: 'tfl.conv_2d' op requires a tensor of rank 4") == []
 
 
-@pytest.mark.parametrize("writer", ["_write_saved_model", "_convert_tflite"])
+@pytest.mark.parametrize("writer", ["_write_saved_model", "_write_tflite"])
 def test_a_writer_failing_midway_leaves_the_previous_export_untouched(tmp_path, digits, monkeypatch, writer):
     model = tiny_model()
     arguments = dict(formats=("saved_model", "tflite"), quantize="float32", data=digits, latency_runs=1,
@@ -299,8 +322,7 @@ def test_a_writer_failing_midway_leaves_the_previous_export_untouched(tmp_path, 
     original = getattr(export_module, writer)
 
     def half_written(*args):
-        if writer == "_write_saved_model":
-            original(*args)  # the SavedModel is complete in the staging folder when the failure hits
+        original(*args)  # the file is complete in the staging folder when the failure hits
         raise OSError("disk full")
 
     monkeypatch.setattr(export_module, writer, half_written)
@@ -329,7 +351,11 @@ def test_onnx_without_its_extra_names_the_install_command(tmp_path, monkeypatch)
     (dict(formats="pdf"), "Received: formats=('pdf',)"),
     (dict(quantize="int4"), "Received: quantize=('int4',)"),
     (dict(io="float32"), "Received: io='float32'"),
+    (dict(formats="tflite", quantize="float32"), "needs the class names"),  # a bare model without data or names
+    (dict(formats="tflite", quantize="float32", class_names=["a", ""] + list("cdefghij")),
+     "Received: class_names=['']"),
     (dict(test_samples=5000), "Received: test_samples=5000"),
+    (dict(converter="onnx"), "Received: converter='onnx'"),
     (dict(calibration_samples=20), "Received: calibration_samples=20"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, arguments, fragment):
@@ -349,9 +375,18 @@ def test_flagged_rows_are_red_on_a_terminal(report):
     flagged = dataclasses.replace(report, rows=rows)
     assert [row["flagged"] for row in rows] == [False, False, False, True, True, True]
     colored = flagged.table(color=True).splitlines()
-    assert sum(line.startswith("\033[31m") for line in colored) == 3 and "FLAG" in colored[-2]
+    assert sum(line.startswith("\033[31m") for line in colored) == 3 and "FLAG" in colored[len(rows)]
     assert "\033[" not in flagged.table(color=False)
 
 
 def test_package_exposes_the_functions():
     assert keras_cnn.export is export and keras_cnn.predict is predict
+
+
+def test_keras_s_own_exporter_is_an_option_with_the_same_checks(tmp_path, run_dir, digits):
+    report = export(run_dir, tmp_path, formats="tflite", quantize=("float32", "int8"), converter="keras",
+                    latency_runs=1, verbose=False)
+    rows = {row["quantization"]: row for row in report.rows[1:]}
+    assert rows["float32"]["max_abs_diff"] <= 1e-4 and rows["int8"]["agreement_pct"] >= 90
+    assert all(row["client"]["status"] == "ok" and row["client"]["names_match"] for row in rows.values())
+    assert read_sidecar(tmp_path / "small_int8.json")["input"]["dtype"] == "uint8"

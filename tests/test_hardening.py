@@ -149,7 +149,8 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
 # ---------------------------------------------------------------- atomic artifacts
 def test_an_export_failing_while_installing_leaves_the_previous_export(tmp_path, monkeypatch):
     exporting = sys.modules[keras_cnn.export.__module__]
-    arguments = dict(formats="tflite", quantize="float32", latency_runs=1, verbose=False)
+    arguments = dict(formats="tflite", quantize="float32", class_names=list("abcdefghij"), latency_runs=1,
+                     verbose=False)
     keras_cnn.export(keras_cnn.build("small", input_shape=(8, 8, 1), width=0.25), tmp_path, **arguments)
     before = snapshot(tmp_path)
     writes = []

@@ -121,3 +121,33 @@ def test_unknown_or_missing_artifacts_are_clear_errors(tmp_path, images):
 
 def test_package_exposes_the_functions():
     assert keras_cnn.predict is predict and keras_cnn.export is export
+
+
+@pytest.mark.parametrize("quantization", ["float32", "int8"])
+def test_mediapipe_client_gives_the_same_top_k_as_litert(run_dir, images, quantization):
+    path = run_dir / "export" / f"small_{quantization}.tflite"
+    ours = predict(path, images, top=3)
+    client = predict(path, images, top=3, client="mediapipe")
+    assert [p.image for p in client] == [p.image for p in ours] and not any(p.error for p in client)
+    assert [p.top[0][0] for p in client] == [p.top[0][0] for p in ours]
+    if quantization == "float32":
+        assert [[label for label, _ in p.top] for p in client] == [[label for label, _ in p.top] for p in ours]
+        for mine, theirs in zip(ours, client):
+            np.testing.assert_allclose([s for _, s in theirs.top], [s for _, s in mine.top], atol=1e-5)
+
+
+def test_mediapipe_client_reports_a_bad_image_and_predicts_the_others(run_dir, images, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    results = predict(run_dir / "export" / "small_float32.tflite", [images[0], str(broken)], client="mediapipe")
+    assert results[0].error is None and "broken.png" in results[1].error
+
+
+def test_cli_predict_with_the_client_prints_what_litert_prints(run_dir, images, capsys):
+    from keras_cnn import cli
+
+    path = str(run_dir / "export" / "small_float32.tflite")
+    assert cli.main(["predict", path, *images[:3], "--top", "1"]) == 0
+    ours = capsys.readouterr().out
+    assert cli.main(["predict", path, *images[:3], "--top", "1", "--client", "mediapipe"]) == 0
+    assert capsys.readouterr().out == ours and len(ours.splitlines()) == 3
