@@ -242,7 +242,7 @@ def cmd_evaluate(args):
 
 def cmd_tune(args):
     _quiet_tensorflow()
-    from tuning import search
+    from keras_cnn.tuning import search
 
     result = search(args.data or "digits", space=args.space, tuner=args.tuner, max_trials=args.max_trials,
                     epochs=args.epochs, max_epochs=args.max_epochs, factor=args.factor, seed=args.seed,

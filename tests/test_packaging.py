@@ -1,0 +1,43 @@
+"""The package as it installs: its package list, `keras_cnn.tuning` from a checkout, and (slow) the built wheel
+working in a fresh environment outside the repository."""
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _packages_on_disk():
+    """Every package the repository holds, by its installed name (tuning/ installs as keras_cnn.tuning)."""
+    names = set()
+    for top, installed_as in (("keras_cnn", "keras_cnn"), ("tuning", "keras_cnn.tuning")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / top).parts
+            names.add(".".join((installed_as, *parts)))
+    return names
+
+
+def test_pyproject_lists_every_package_and_maps_tuning():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert sorted(setuptools["packages"]) == sorted(_packages_on_disk())
+    assert setuptools["package-dir"] == {"keras_cnn.tuning": "tuning"}
+
+
+def test_a_checkout_on_pythonpath_imports_its_own_tuning_folder(tmp_path):
+    # -S: no site-packages, so no installed (editable or other) keras_cnn can answer; only the checkout's.
+    code = "import importlib.util; print(importlib.util.find_spec('keras_cnn.tuning').origin)"
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert pathlib.Path(result.stdout.strip()) == ROOT / "tuning" / "__init__.py"
+
+
+def test_the_old_top_level_name_is_not_installed(tmp_path):
+    code = "import importlib.util; print(importlib.util.find_spec('tuning'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.strip() == "None", result.stderr
