@@ -41,3 +41,34 @@ def test_the_old_top_level_name_is_not_installed(tmp_path):
     code = "import importlib.util; print(importlib.util.find_spec('tuning'))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.stdout.strip() == "None", result.stderr
+
+
+def _run(command, **kwargs):
+    result = subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=1800, **kwargs)
+    assert result.returncode == 0, f"{command}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_the_built_wheel_works_in_a_fresh_environment_outside_the_checkout(tmp_path):
+    """Build the sdist and, from it, the wheel; install the wheel (dependencies from the package index or pip's
+    cache) into a new venv and use it from a folder outside the checkout, with nothing of the checkout on the path."""
+    dist = tmp_path / "dist"
+    _run([sys.executable, "-m", "build", "--outdir", dist, ROOT])  # the wheel is built from the sdist
+    assert len(list(dist.glob("keras_cnn-*.tar.gz"))) == 1
+    [wheel] = dist.glob("keras_cnn-*-py3-none-any.whl")
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", venv])
+    python, cli = venv / "bin" / "python", venv / "bin" / "keras-cnn"
+    _run([python, "-m", "pip", "install", "--quiet", wheel])
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    work = tmp_path / "work"
+    work.mkdir()
+
+    assert "small" in _run([cli, "list"], cwd=work, env=env)
+    _run([cli, "train", "small", "--epochs", "1", "--out", work / "run"], cwd=work, env=env)
+    assert (work / "run" / "config.json").is_file()
+    imported = _run([python, "-c", "import importlib.util, keras_cnn; from keras_cnn.tuning import search; "
+                     "print(keras_cnn.__file__); print(importlib.util.find_spec('tuning'))"], cwd=work, env=env)
+    installed_at, old_name = imported.split()
+    assert pathlib.Path(installed_at).is_relative_to(venv) and old_name == "None"
