@@ -54,9 +54,9 @@ _AUTOTUNE = tf.data.AUTOTUNE
 
 def _pipeline_options():
     """tf.data options for every pipeline: autotuning off, so AUTOTUNE keeps its starting values (parallel
-    maps: one call per core, up to 16). Measured on a 2-core CPU: the autotuner's thread competed with the
-    training step (about +5% step time), and joining it when Keras dropped an epoch's iterator stalled
-    training for 1.4 s (`small`) to 7 s (`deeper`) at every epoch boundary."""
+    maps: one call per core, up to 16). The autotuner's thread competed with the training step, and joining
+    it when Keras dropped an epoch's iterator stalled training at every epoch boundary (measured in
+    docs/performance.md)."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return options

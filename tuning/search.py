@@ -24,7 +24,7 @@ Distributed mode is keras-tuner's: a chief process runs the oracle behind gRPC a
 workers ask it for trials, configured by KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP
 and KERASTUNER_ORACLE_PORT. `distributed=True` starts the chief (listening on
 127.0.0.1 unless KERASTUNER_ORACLE_IP says otherwise) and `workers` workers on this
-machine; more machines join with `python -m keras_cnn.tuning FOLDER` (see README "Tuning").
+machine; more machines join with `python -m keras_cnn.tuning FOLDER` (see docs/tuning.md).
 """
 import contextlib
 import hashlib
