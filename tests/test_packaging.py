@@ -39,7 +39,9 @@ def test_a_checkout_on_pythonpath_imports_its_own_tuning_folder(tmp_path):
 
 def test_the_old_top_level_name_is_not_installed(tmp_path):
     code = "import importlib.util; print(importlib.util.find_spec('tuning'))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    installed_only = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # not the checkout
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env=installed_only)
     assert result.stdout.strip() == "None", result.stderr
 
 
