@@ -280,7 +280,7 @@ def _add_data_arguments(s, default_note):
     s.add_argument("--data", metavar="SPEC", help=f"'digits', 'tfds:NAME[:CONFIG]', 'folder:PATH' ({default_note})")
     s.add_argument("--val-fraction", type=float, help="validation share carved from train when the data has none")
     s.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images when loading")
-    s.add_argument("--data-dir", help="tensorflow-datasets folder holding prepared data sets")
+    s.add_argument("--data-dir", help="tensorflow-datasets folder: prepared data sets, and where tfds: downloads go")
 
 
 class _Parser(argparse.ArgumentParser):

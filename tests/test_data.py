@@ -326,8 +326,8 @@ def test_tfds_not_prepared_fails_fast_when_its_host_does_not_answer(tmp_path, mo
     monkeypatch.setattr(network, "unreachable",
                         lambda host, timeout: probed.append(host) or f"cannot reach {host}: no network")
     start = time.monotonic()
-    with pytest.raises(ValueError, match=r"not downloaded/prepared.*cannot reach .*: no network.*"
-                                         r"keras-cnn data download tfds:mnist.*folder:PATH.*Received: spec='tfds:mnist'"):
+    with pytest.raises(ValueError, match=r"not downloaded/prepared.*cannot reach .*: no network.*keras-cnn data "
+                                         r"download tfds:mnist.*folder:PATH.*Received: spec='tfds:mnist'"):
         load_data("tfds:mnist", data_dir=str(tmp_path))
     assert time.monotonic() - start < 10 and len(probed) == 1
     assert not (tmp_path / "downloads").exists()
