@@ -38,7 +38,7 @@ def main():
 
     import keras_cnn
     from keras_cnn.io import write_json
-    from tuning import search
+    from keras_cnn.tuning import search
 
     started = time.perf_counter()
     cifar = keras_cnn.load_data(f"folder:{args.data}", seed=args.seed)

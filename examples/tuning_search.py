@@ -4,7 +4,7 @@
 """
 import argparse
 
-from tuning import search
+from keras_cnn.tuning import search
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--trials", type=int, default=6)

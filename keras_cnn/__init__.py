@@ -5,6 +5,9 @@ needs it is first used, so `keras-cnn list` and `--help` answer instantly.
 """
 import importlib
 
+from keras_cnn import _checkout
+
+_checkout.install()  # keras_cnn.tuning from this checkout's tuning/ folder when run from PYTHONPATH
 __version__ = "0.1.0"
 
 # Public name -> "module:attribute", resolved on first access (PEP 562). Modules are
@@ -23,6 +26,7 @@ _LAZY = {
     "evaluate": "keras_cnn.evaluation:evaluate",
     "export": "keras_cnn.exporting:export",
     "predict": "keras_cnn.prediction:predict",
+    "tune": "keras_cnn.tuning:search",
     "reference": "keras_cnn.reference",
 }
 

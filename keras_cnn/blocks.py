@@ -67,8 +67,8 @@ def conv_bn_act(x, filters, prefix, config, *, stride=1, padding="same", act=Tru
 
 def activation_after_pool(config, kind):
     """Whether a stage computes conv -> [BN] -> pool -> act, the same function as conv -> [BN] -> act -> pool
-    with the activation on a quarter of the elements (ReLU's backward pass was 14% of a `deeper` training
-    step on a 2-core CPU; moved, steps measured 2-4% faster). Not with BN after the activation (BN's
+    with the activation on a quarter of the elements (measured faster: docs/performance.md). Not with BN
+    after the activation (BN's
     scale can be negative) or average pooling."""
     return (kind == "maxpool" and config["activation"] in NON_DECREASING
             and not config.get("bn_after_activation", False))

@@ -243,7 +243,7 @@ def cmd_evaluate(args):
 
 def cmd_tune(args):
     _quiet_tensorflow()
-    from tuning import search
+    from keras_cnn.tuning import search
 
     result = search(args.data or "digits", space=args.space, tuner=args.tuner, max_trials=args.max_trials,
                     epochs=args.epochs, max_epochs=args.max_epochs, factor=args.factor, seed=args.seed,
@@ -270,11 +270,18 @@ def cmd_weights_download(args):
     print(download_weights(args.name))
 
 
+def cmd_data_download(args):
+    _quiet_tensorflow()
+    from keras_cnn.tfds_source import builder
+
+    print(builder(args.spec, args.data_dir).data_dir)
+
+
 def _add_data_arguments(s, default_note):
     s.add_argument("--data", metavar="SPEC", help=f"'digits', 'tfds:NAME[:CONFIG]', 'folder:PATH' ({default_note})")
     s.add_argument("--val-fraction", type=float, help="validation share carved from train when the data has none")
     s.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images when loading")
-    s.add_argument("--data-dir", help="tensorflow-datasets folder holding prepared data sets")
+    s.add_argument("--data-dir", help="tensorflow-datasets folder: prepared data sets, and where tfds: downloads go")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -440,6 +447,16 @@ def parser():
     s = weights.add_parser("download", help="download a backbone's ImageNet weights into the Keras cache")
     s.add_argument("name", help="backbone: resnet50, resnet50v2, mobilenetv2, mobilenetv3small, efficientnetb0")
     s.set_defaults(handler=cmd_weights_download)
+
+    s = sub.add_parser("data", help="prepare TensorFlow Datasets data sets ahead of time",
+                       description="`tfds:NAME` data sets download and prepare on first use where the network "
+                       "allows; `keras-cnn data download tfds:NAME` does it ahead of time (for offline machines: "
+                       "copy the folder and pass it as --data-dir).")
+    data = s.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    s = data.add_parser("download", help="download and prepare a tfds data set; prints its folder")
+    s.add_argument("spec", help="tfds:NAME or tfds:NAME:CONFIG, e.g. tfds:cifar10")
+    s.add_argument("--data-dir", help="tensorflow-datasets folder to prepare it in (default ~/tensorflow_datasets)")
+    s.set_defaults(handler=cmd_data_download)
     return p
 
 

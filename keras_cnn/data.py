@@ -3,8 +3,9 @@
 ``load_data(spec)`` understands four sources:
 
 * ``"digits"``: scikit-learn's bundled 8x8 digits (offline; 0-16 scaled to 0-255).
-* ``"tfds:NAME"`` / ``"tfds:NAME:CONFIG"``: a TensorFlow Datasets image-classification data set that is
-  already prepared in ``data_dir``. Nothing is ever downloaded: an unprepared data set fails at once.
+* ``"tfds:NAME"`` / ``"tfds:NAME:CONFIG"``: a TensorFlow Datasets image-classification data set in
+  ``data_dir``, downloaded and prepared first if its host answers a short probe; without network an
+  unprepared data set fails at once (see keras_cnn.tfds_source).
 * ``"folder:PATH"``: ``PATH/train/<class>/*`` + ``PATH/test/<class>/*`` (+ optional ``PATH/val/<class>/*``),
   or ``PATH/<class>/*`` split by fractions. JPEG/PNG/BMP/GIF, decoded by TensorFlow inside tf.data.
 * ``(x, y)`` numpy arrays: x of shape (N, H, W) or (N, H, W, C), y integer labels.
@@ -53,9 +54,9 @@ _AUTOTUNE = tf.data.AUTOTUNE
 
 def _pipeline_options():
     """tf.data options for every pipeline: autotuning off, so AUTOTUNE keeps its starting values (parallel
-    maps: one call per core, up to 16). Measured on a 2-core CPU: the autotuner's thread competed with the
-    training step (about +5% step time), and joining it when Keras dropped an epoch's iterator stalled
-    training for 1.4 s (`small`) to 7 s (`deeper`) at every epoch boundary."""
+    maps: one call per core, up to 16). The autotuner's thread competed with the training step, and joining
+    it when Keras dropped an epoch's iterator stalled training at every epoch boundary (measured in
+    docs/performance.md)."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return options
@@ -241,22 +242,13 @@ def _memory_split(x, y) -> _Split:
 
 
 def _from_tfds(spec, rest, data_dir, *, fractions, seed, image_size, channels):
-    """A prepared tfds data set -> ImageData; fails in seconds, never downloads."""
+    """A tfds data set -> ImageData, downloaded and prepared first where the network allows."""
     import tensorflow_datasets as tfds  # imported here: only this source needs it
 
-    name, _, config = rest.partition(":")
-    full_name = f"{name}/{config}" if config else name
-    try:
-        builder = tfds.builder(full_name, data_dir=data_dir)
-    except tfds.core.DatasetNotFoundError as err:
-        raise ValueError(f"Unknown tfds dataset {full_name!r}. Received: spec={spec!r}") from err
-    except Exception as err:  # tfds reports bad configs etc. with many-line messages; keep the first line
-        raise ValueError(f"Cannot open tfds dataset {full_name!r}: {first_line(err)}. Received: spec={spec!r}") from err
-    if not builder.is_prepared():
-        raise ValueError(
-            f"tfds dataset {full_name!r} is not downloaded/prepared in {builder.data_dir_root}, and this "
-            "loader never downloads. Prepare it on a machine with network and pass that folder as data_dir, "
-            f"or export the images and use 'folder:PATH'. Received: spec={spec!r}, data_dir={data_dir!r}")
+    from keras_cnn import tfds_source
+
+    builder = tfds_source.builder(spec, data_dir)
+    full_name = rest.replace(":", "/", 1)
     info = builder.info
     keys = info.supervised_keys
     if not (keys and len(keys) == 2 and all(isinstance(k, str) for k in keys)
@@ -293,7 +285,7 @@ def _from_tfds(spec, rest, data_dir, *, fractions, seed, image_size, channels):
         ds = builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False)
         ds = ds.map(lambda x, y: (_adapt(x, shape), tf.cast(y, tf.int32)), num_parallel_calls=_AUTOTUNE)
         splits[split] = _Split(ds, int(ds.cardinality()), lambda s=tfds_split: read_labels(s))
-    return ImageData(name, list(info.features[label_key].names), shape, seed, splits)
+    return ImageData(builder.name, list(info.features[label_key].names), shape, seed, splits)
 
 
 def _from_folder(spec, path, *, fractions, seed, image_size, channels):

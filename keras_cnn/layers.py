@@ -42,11 +42,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
 
 # TensorFlow 2.21's oneDNN (3.7) computes a convolution's weight gradient slowly when the feature map is
-# only a few pixels wide: 19.8 ms for 4x4 maps, 256 -> 512 channels, batch 128, in bf16. It wants wide rows
-# (the images stacked vertically instead gained nothing). The same gradient over the batch's images laid
-# side by side in strips ~40 pixels wide, with zero columns between them standing in for the padding, takes
-# 6.6 ms with the layout change. It gained at 4x4 and 8x8 with 128+ input channels (8x8 with 64 was 12%
-# slower, hence the threshold); training steps of `resnet18` and `airbench` ran 17-18% faster, `deeper` 2%.
+# only a few pixels wide. It wants wide rows (the images stacked vertically instead gained nothing). The
+# same gradient over the batch's images laid side by side in strips ~40 pixels wide, with zero columns
+# between them standing in for the padding, is several times faster, layout change included. It gained at
+# 4x4 and 8x8 with 128+ input channels and lost at 8x8 with 64, hence the thresholds (the measurements are
+# in docs/performance.md).
 STRIP_MAX_WIDTH = 8
 STRIP_MIN_CHANNELS = 128
 STRIP_WIDTH = 40

@@ -43,6 +43,7 @@ def test_describe_with_overrides(capsys):
         (["describe", "small", "--set", "dropout=1.5"], "Received: dropout=1.5"),
         (["describe", "small", "--set", "dropout"], "--set takes key=value"),
         (["list", "zz*"], "no model matches 'zz*'"),
+        (["data", "download", "cifar10"], "Received: spec='cifar10'"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_status_2(args, fragment, capsys):

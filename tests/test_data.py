@@ -9,6 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from keras_cnn import network
 from keras_cnn.data import load_data
 
 
@@ -259,14 +260,9 @@ class _SupervisedTfDataBuilder(tfds.dataset_builders.TfDataBuilder, skip_registr
 
 
 def test_tfds_reads_a_prepared_dataset_from_disk(tmp_path):
-    def split(n):
-        images = np.repeat(np.arange(n, dtype=np.uint8) * 10, 36).reshape(n, 6, 6, 1)
-        return tf.data.Dataset.from_tensor_slices({"image": images, "label": np.arange(n) % 2})
-
-    features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(6, 6, 1)),
-                                           "label": tfds.features.ClassLabel(names=["a", "b"])})
-    _SupervisedTfDataBuilder(name="tiny_shapes", version="1.0.0", features=features, data_dir=str(tmp_path),
-                             split_datasets={"train": split(20), "test": split(6)}).download_and_prepare()
+    _SupervisedTfDataBuilder(name="tiny_shapes", version="1.0.0", features=_tiny_shapes_features(),
+                             data_dir=str(tmp_path), split_datasets={"train": _tiny_split(20), "test": _tiny_split(6)}
+                             ).download_and_prepare()
     data = load_data("tfds:tiny_shapes", data_dir=str(tmp_path))
     assert (data.class_names, data.image_shape, data.sizes) == (["a", "b"], (6, 6, 1), {"train": 18, "val": 2, "test": 6})
     x, y = data.arrays("train")
@@ -276,11 +272,65 @@ def test_tfds_reads_a_prepared_dataset_from_disk(tmp_path):
     assert load_data("tfds:tiny_shapes", data_dir=str(tmp_path), val_fraction=0).sizes["val"] == 0
 
 
-def test_tfds_not_prepared_fails_fast(tmp_path):
+def _tiny_shapes_features():
+    return tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(6, 6, 1)),
+                                       "label": tfds.features.ClassLabel(names=["a", "b"])})
+
+
+def _tiny_split(n):
+    images = np.repeat(np.arange(n, dtype=np.uint8) * 10, 36).reshape(n, 6, 6, 1)
+    return tf.data.Dataset.from_tensor_slices({"image": images, "label": np.arange(n) % 2})
+
+
+class _DownloadableBuilder(_SupervisedTfDataBuilder, skip_registration=True):
+    """A tfds builder that says where it downloads from, and prepares itself offline when asked to."""
+
+    url_infos = {"https://data.example.org/tiny_shapes.tar.gz": None}
+    prepared_by_tfds = 0
+
+    def download_and_prepare(self, **kwargs):
+        type(self).prepared_by_tfds += 1
+        super().download_and_prepare(**kwargs)
+
+
+@pytest.fixture
+def downloadable(tmp_path, monkeypatch):
+    """`tfds:tiny_shapes` as a data set not yet prepared in tmp_path, whose host the probe reports reachable."""
+    probed = []
+    monkeypatch.setattr(network, "unreachable", lambda host, timeout: probed.append(host))
+    monkeypatch.setattr(_DownloadableBuilder, "prepared_by_tfds", 0)
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: _DownloadableBuilder(
+        name=name, version="1.0.0", features=_tiny_shapes_features(), data_dir=data_dir,
+        split_datasets={"train": _tiny_split(20), "test": _tiny_split(6)}))
+    return probed
+
+
+def test_tfds_downloads_and_prepares_when_its_host_answers(downloadable, tmp_path):
+    data = load_data("tfds:tiny_shapes", data_dir=str(tmp_path))
+    assert downloadable == ["data.example.org"] and _DownloadableBuilder.prepared_by_tfds == 1
+    assert data.sizes == {"train": 18, "val": 2, "test": 6}
+    load_data("tfds:tiny_shapes", data_dir=str(tmp_path))
+    assert _DownloadableBuilder.prepared_by_tfds == 1  # prepared once, then read from data_dir
+
+
+def test_data_download_prepares_ahead_of_time(downloadable, tmp_path, capsys):
+    from keras_cnn import cli
+
+    assert cli.main(["data", "download", "tfds:tiny_shapes", "--data-dir", str(tmp_path)]) == 0
+    assert _DownloadableBuilder.prepared_by_tfds == 1
+    assert capsys.readouterr().out.splitlines()[-1] == str(tmp_path / "tiny_shapes" / "1.0.0")  # after tfds's own
+
+
+def test_tfds_not_prepared_fails_fast_when_its_host_does_not_answer(tmp_path, monkeypatch):
+    probed = []
+    monkeypatch.setattr(network, "unreachable",
+                        lambda host, timeout: probed.append(host) or f"cannot reach {host}: no network")
     start = time.monotonic()
-    with pytest.raises(ValueError, match=r"not downloaded/prepared.*folder:PATH.*Received: spec='tfds:mnist'"):
+    with pytest.raises(ValueError, match=r"not downloaded/prepared.*cannot reach .*: no network.*keras-cnn data "
+                                         r"download tfds:mnist.*folder:PATH.*Received: spec='tfds:mnist'"):
         load_data("tfds:mnist", data_dir=str(tmp_path))
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 10 and len(probed) == 1
+    assert not (tmp_path / "downloads").exists()
 
 
 def test_tfds_unknown_dataset():

@@ -1,4 +1,4 @@
-"""The README's generated parts stay in sync, and the examples run."""
+"""The README's generated parts stay in sync, its links and the docs' lead somewhere, and the examples run."""
 import pathlib
 import re
 import subprocess
@@ -15,6 +15,47 @@ def test_readme_model_table_is_the_generated_one():
     readme = (ROOT / "README.md").read_text()
     table = re.search(r"<!-- models:start -->\n(.*?)\n<!-- models:end -->", readme, re.S).group(1)
     assert table == registry.markdown_table(), "regenerate with `keras-cnn list --markdown`"
+
+
+def _outside_code(text):
+    """The lines of a Markdown text that are not inside ``` fences."""
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            yield line
+
+
+def _anchors(path):
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = (line.lstrip("#").strip() for line in _outside_code(path.read_text()) if line.startswith("#"))
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def _links(path):
+    """(target file, anchor) of every relative Markdown link and image in `path`."""
+    for line in _outside_code(path.read_text()):
+        for target in re.findall(r"\]\(([^)\s]+)\)", line):
+            if not re.match(r"[a-z]+:", target):  # http:, https:, mailto: lead outside
+                file, _, anchor = target.partition("#")
+                yield (path.parent / file).resolve() if file else path, anchor
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", DOCS, ids=[p.name for p in DOCS])
+def test_every_relative_link_leads_to_a_file_and_heading(page):
+    links = list(_links(page))
+    missing = [f"{target}#{anchor}" for target, anchor in links
+               if not target.exists() or (anchor and target.suffix == ".md" and anchor not in _anchors(target))]
+    assert links and not missing, f"{page.name} links to nothing there: {missing}"
+
+
+def test_the_readme_links_every_docs_page():
+    linked = {target for target, _ in _links(ROOT / "README.md")}
+    assert set(DOCS[1:]) <= linked
 
 
 # Each example with arguments that keep it quick and what its output must say.

@@ -107,7 +107,7 @@ def test_a_killed_training_run_resumes_losing_at_most_the_epoch_in_progress(tmp_
 
 
 TINY_SPACE = '''
-from tuning.spaces import Proposal
+from keras_cnn.tuning.spaces import Proposal
 
 
 def tiny(hp):

@@ -17,9 +17,9 @@ import pytest
 from tensorflow.python.framework.func_graph import FuncGraph
 
 import keras_cnn
-from tuning import budgets, results, search, spaces
-from tuning.hypermodel import ZooHyperModel
-from tuning.search import HyperbandOracle, HyperbandTuner, ZooTuner, _custom_gradients_released, make_tuner
+from keras_cnn.tuning import budgets, results, search, spaces
+from keras_cnn.tuning.hypermodel import ZooHyperModel
+from keras_cnn.tuning.search import HyperbandOracle, HyperbandTuner, ZooTuner, _custom_gradients_released, make_tuner
 
 DIGITS = (8, 8, 1)
 FAST = dict(epochs=2, verbose=0, seed=3)
@@ -85,7 +85,7 @@ def test_a_collapsing_configuration_fails_its_trial_before_anything_is_built(mon
 
 def test_spaces_resolve_by_name_path_or_function():
     assert spaces.resolve("cnn") == ("cnn", spaces.cnn)
-    assert spaces.resolve("tuning.spaces:cnn")[1] is spaces.cnn
+    assert spaces.resolve("keras_cnn.tuning.spaces:cnn")[1] is spaces.cnn
     assert spaces.resolve(tiny) == ("test_tuning:tiny", tiny)
     with pytest.raises(ValueError, match="Received: space='nope'"):
         spaces.resolve("nope")
@@ -281,7 +281,7 @@ def _in_private_network(command):
 def test_distributed_chief_and_two_workers_share_the_trials(tmp_path):
     out = str(tmp_path / "tune")
     script = textwrap.dedent(f"""
-        from tuning import search
+        from keras_cnn.tuning import search
         search("digits", space="cnn", max_trials=4, epochs=1, out={out!r}, retrain=False, verbose=0,
                distributed=True, workers=2)
     """)
@@ -304,3 +304,7 @@ def test_distributed_chief_and_two_workers_share_the_trials(tmp_path):
     assert {row["tuner_id"] for row in rows} == {"tuner1", "tuner2"}
     assert os.path.isfile(os.path.join(out, "results.txt"))
     assert sorted(os.listdir(os.path.join(out, "logs"))) == ["chief.log", "tuner1.log", "tuner2.log"]
+
+
+def test_keras_cnn_tune_is_the_search():
+    assert keras_cnn.tune is search  # the function keras_cnn.tuning exports

@@ -4,7 +4,7 @@
 from them, `tuning.budgets` measures and limits them, `tuning.search` runs keras-tuner
 (locally or distributed) and `tuning.results` writes the table and retrains the best.
 """
-from tuning.results import SearchResult
-from tuning.search import search
+from keras_cnn.tuning.results import SearchResult
+from keras_cnn.tuning.search import search
 
 __all__ = ["search", "SearchResult"]

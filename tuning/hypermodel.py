@@ -11,7 +11,7 @@ import keras
 import keras_tuner
 
 from keras_cnn import recipes, registry
-from tuning import budgets as budget_checks
+from keras_cnn.tuning import budgets as budget_checks
 
 
 class ZooHyperModel(keras_tuner.HyperModel):

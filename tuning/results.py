@@ -62,7 +62,7 @@ class SearchResult:
 def finish(folder, settings, hypermodel, data, image_data, *, retrain, verbose=0):
     """Write the results of the search in `folder` and, if `retrain`, retrain its best settings on train + val."""
     import keras_cnn
-    from tuning.hypermodel import rebuild
+    from keras_cnn.tuning.hypermodel import rebuild
 
     objective = settings["objective"]
     rows = trial_rows(folder)

@@ -24,7 +24,7 @@ Distributed mode is keras-tuner's: a chief process runs the oracle behind gRPC a
 workers ask it for trials, configured by KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP
 and KERASTUNER_ORACLE_PORT. `distributed=True` starts the chief (listening on
 127.0.0.1 unless KERASTUNER_ORACLE_IP says otherwise) and `workers` workers on this
-machine; more machines join with `python -m tuning FOLDER` (see README "Tuning").
+machine; more machines join with `python -m keras_cnn.tuning FOLDER` (see docs/tuning.md).
 """
 import contextlib
 import hashlib
@@ -40,10 +40,10 @@ import keras_tuner
 
 import keras_cnn
 from keras_cnn import io
-from tuning import budgets as budget_checks
-from tuning import results, spaces
-from tuning.hypermodel import ZooHyperModel
-from tuning.results import RECORD_FILE, TRIALS_DIR
+from keras_cnn.tuning import budgets as budget_checks
+from keras_cnn.tuning import results, spaces
+from keras_cnn.tuning.hypermodel import ZooHyperModel
+from keras_cnn.tuning.results import RECORD_FILE, TRIALS_DIR
 
 SETTINGS_FILE = "search.json"
 TENSORBOARD_DIR = "tensorboard"
@@ -87,7 +87,7 @@ def search(data="digits", *, space="cnn", tuner="random", max_trials=10, epochs=
     if "KERASTUNER_TUNER_ID" in os.environ:
         raise ValueError("KERASTUNER_TUNER_ID is set, which would make this process one tuner of a distributed "
                          "search; start the search with distributed=True (--distributed) and extra workers with "
-                         "`python -m tuning FOLDER`. "
+                         "`python -m keras_cnn.tuning FOLDER`. "
                          f"Received: KERASTUNER_TUNER_ID={os.environ['KERASTUNER_TUNER_ID']}")
     space_name, space_function = spaces.resolve(space)
     budgets = budget_checks.check(dict(max_params=max_params, max_macs=max_macs, max_tflite_kb=max_tflite_kb,
@@ -353,7 +353,7 @@ def _rss_mb():
 def _launch(folder, workers):
     """Run keras-tuner's chief and `workers` workers as processes of this machine until the search is done.
 
-    Each process is `python -m tuning FOLDER` with its KERASTUNER_TUNER_ID; its output goes to
+    Each process is `python -m keras_cnn.tuning FOLDER` with its KERASTUNER_TUNER_ID; its output goes to
     FOLDER/logs/<id>.log. The chief listens on KERASTUNER_ORACLE_IP:KERASTUNER_ORACLE_PORT, by default
     127.0.0.1 and a free port. Every process is stopped by its PID when this returns or fails.
     """
@@ -368,7 +368,7 @@ def _launch(folder, workers):
         for tuner_id in ["chief", *(f"tuner{i}" for i in range(1, workers + 1))]:
             with open(os.path.join(folder, LOGS_DIR, f"{tuner_id}.log"), "ab") as log:
                 processes[tuner_id] = subprocess.Popen(
-                    [sys.executable, "-m", "tuning", folder], env={**env, "KERASTUNER_TUNER_ID": tuner_id},
+                    [sys.executable, "-m", "keras_cnn.tuning", folder], env={**env, "KERASTUNER_TUNER_ID": tuner_id},
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         chief = processes["chief"]
         while any(process.poll() is None for tuner_id, process in processes.items() if tuner_id != "chief") \

@@ -45,7 +45,7 @@ import re
 import warnings
 from typing import NamedTuple
 
-from keras_cnn import options
+from keras_cnn import network, options
 from keras_cnn.registry import Spec, register_model
 from keras_cnn.shapes import Op
 
@@ -529,19 +529,6 @@ def _missing_message(model, path, reason=None):
             f"file>. Received: weights='imagenet'")
 
 
-def _unreachable(host):
-    """Why `host` cannot be reached over HTTPS right now, or None (also None behind a proxy: urllib decides)."""
-    import socket
-
-    if any(os.environ.get(key) for key in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")):
-        return None
-    try:
-        socket.create_connection((host, 443), timeout=DOWNLOAD_TIMEOUT).close()
-    except OSError as error:
-        return f"cannot reach {host}: {error}"
-    return None
-
-
 def download_weights(name, input_shape=None, width=None):
     """Fill the Keras cache with the ImageNet weights of backbone `name` (e.g. "resnet50"); return the file.
 
@@ -563,7 +550,7 @@ def download_weights(name, input_shape=None, width=None):
     path = os.path.join(keras_cache_dir(), imagenet_file_name(config["backbone"], config))
     if os.path.isfile(path):
         return path
-    unreachable = _unreachable(WEIGHTS_HOST)  # before building a model only to have its download fail
+    unreachable = network.unreachable(WEIGHTS_HOST, DOWNLOAD_TIMEOUT)  # before building a model to download into
     if unreachable:
         raise WeightsUnavailable(_missing_message(model, path, unreachable))
     import keras
