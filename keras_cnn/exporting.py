@@ -31,7 +31,6 @@ names are not the labels, fails the export like a parity failure. Only then, wit
 sidecars, labels.txt and the report written next to them, are the files renamed into place, so a failed
 or interrupted export leaves the previous files untouched.
 """
-import dataclasses
 import importlib.util
 import os
 import shutil
@@ -40,73 +39,21 @@ import tempfile
 
 import numpy as np
 
-from keras_cnn import mobile_client, tflite_export, tflite_metadata
+from keras_cnn import tflite_export, tflite_metadata
+from keras_cnn.export_report import ExportReport, sidecar
 from keras_cnn.io import make_folder, write_json, write_text
-from keras_cnn.prediction import SIGNATURE, keras_artifact, latency_ms, load_artifact, sidecar_path
+from keras_cnn.prediction import SIGNATURE, keras_artifact, load_artifact, sidecar_path
 from keras_cnn.tflite_export import ExportError, flex_ops  # noqa: F401  part of this module's interface
+from keras_cnn.verification import PARITY_TOLERANCE, TestSet, agreement, flag, measure, rgb_expected, verify
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 INTEGER_IO = ("uint8", "int8")
-PARITY_TOLERANCE = 1e-4  # max |probability difference| of a float32 artifact from the float32 rebuild
-CLIENT_AGREEMENT = 99.0  # min top-1 agreement (%) of MediaPipe's ImageClassifier with LiteRT on a float32 file
 MAX_TEST_IMAGES = 2000
 AUGMENT_LAYER = "augment"
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
 REPORT_FILE = "export_report.json"
 _RANDOM_IMAGES = 256  # parity check of a bare model exported without data
-
-
-@dataclasses.dataclass
-class ExportReport:
-    """What was exported and how each artifact measured against the Keras model; print it for a table."""
-
-    model: str
-    source: str  # the run folder, or None for a model object
-    out_dir: str
-    precision: str  # dtype policy the source model was trained under
-    source_agreement_pct: float  # top-1 agreement of the float32 rebuild with the source model
-    test_data: str
-    test_images: int
-    calibration_images: int
-    max_accuracy_drop: float
-    rows: list
-    int8_layers: list = None  # each quantized layer's int8 error, worst first (`tflite_export.layer_errors`)
-    rescued_float_layers: list = None  # layers a rescue kept in float
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    def table(self, color=False):
-        """The rows as a text table; flagged rows in red when `color`."""
-        header = ("artifact", "format", "quant", "size KB", "top-1 %", "agree %", "max |dp|", "ms (b=1)", "client",
-                  "")
-        lines = [header]
-        for row in self.rows:
-            lines.append((row["artifact"], row["format"], row["quantization"], _fixed(row["size_kb"], 1),
-                          _fixed(row["accuracy_pct"], 2), _fixed(row["agreement_pct"], 2),
-                          f"{row['max_abs_diff']:.1e}", _fixed(row["latency_ms"], 2), _client_cell(row.get("client")),
-                          f"FLAG: top-1 -{row['accuracy_drop_pts']:.2f} pts" if row["flagged"] else ""))
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        left = (0, 1, 2, 8, 9)  # text columns; the numbers are right-aligned
-        text = []
-        for line, row in zip(lines, [None, *self.rows]):
-            cells = [cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))]
-            out = "  ".join(cells).rstrip()
-            text.append(f"\033[31m{out}\033[0m" if color and row and row["flagged"] else out)
-        text.append(f"{self.test_images} {self.test_data}; agreement and max |dp| against the float32 Keras "
-                    f"rebuild of {self.model}, which agrees with the {self.precision} source model on "
-                    f"{self.source_agreement_pct:.2f}% of them; client: MediaPipe ImageClassifier's top-1 "
-                    "agreement with LiteRT, from the .tflite file alone.")
-        if self.int8_layers:
-            worst = ", ".join(f"{row['tensor']} {row['rmse_per_scale']:.2f}" for row in self.int8_layers[:3])
-            text.append(f"int8 error per layer (RMSE in quantization steps), worst: {worst}.")
-        if self.rescued_float_layers is not None:
-            text.append(f"rescued int8: kept in float: {', '.join(self.rescued_float_layers)}.")
-        return "\n".join(text)
-
-    def __str__(self):
-        return self.table()
 
 
 def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("float32", "int8"), *, data=None,
@@ -157,19 +104,19 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
     card = {"description": _description(name, class_names, shape, run_dir), "author": author, "license": license,
             "version": os.path.basename(os.path.normpath(run_dir)) if run_dir else "1"}
     gray_to_phone = bool(tflite) and shape[-1] == 1
-    test = _TestSet(x_test, y_test, expected, latency_runs,
-                    _rgb_expected(rebuild, x_test) if gray_to_phone else None)
+    test = TestSet(x_test, y_test, expected, latency_runs,
+                    rgb_expected(rebuild, x_test) if gray_to_phone else None)
 
     staging = tempfile.mkdtemp(prefix=".export-", dir=make_folder(out_dir, "out_dir"))
     try:
         staged = _stage(rebuild, name, staging, formats, tflite, (io, converter), calibration, class_names, card)
-        rows = [_measure(reference, "keras", "float32", test, os.path.join(run_dir, "model.keras") if run_dir else None)]
+        rows = [measure(reference, "keras", "float32", test, os.path.join(run_dir, "model.keras") if run_dir else None)]
         artifacts = []
         for fmt, quantization, path in staged:
             artifact = load_artifact(path)
-            rows.append(_verify(artifact, fmt, quantization, test, path, class_names))
+            rows.append(verify(artifact, fmt, quantization, test, path, class_names))
             artifacts.append((artifact, fmt, quantization))
-        _flag(rows, max_accuracy_drop)
+        flag(rows, max_accuracy_drop)
         report = ExportReport(name, os.path.abspath(run_dir) if run_dir else None, out_dir, precision,
                               source_agreement, test_data, len(x_test), 0 if calibration is None else len(calibration),
                               max_accuracy_drop, rows)
@@ -181,33 +128,6 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
     if verbose:
         print(report.table(color=sys.stdout.isatty()))
     return report
-
-
-@dataclasses.dataclass
-class _TestSet:
-    """The held-out images every artifact is measured on, with the float32 rebuild's probabilities on them."""
-
-    x: np.ndarray
-    y: np.ndarray
-    expected: np.ndarray
-    latency_runs: int
-    rgb_expected: np.ndarray = None  # a gray model's mobile rebuild (RGB in) on the images repeated into RGB
-
-    def _rgb(self, artifact):
-        return artifact.input_shape[-1] == 3 and self.x.shape[-1] == 1
-
-    def images_for(self, artifact):
-        """The test images as `artifact` takes them: gray ones repeated into RGB for a mobile (RGB) file."""
-        return np.repeat(self.x, 3, axis=-1) if self._rgb(artifact) else self.x
-
-    def expected_for(self, artifact):
-        return self.rgb_expected if self._rgb(artifact) else self.expected
-
-
-def _rgb_expected(rebuild, x):
-    """What the mobile rebuild of a gray model gives for the gray images repeated into RGB (luma weights sum to
-    0.9999, so the pixels it sees are not exactly the gray ones)."""
-    return keras_artifact(tflite_export.mobile_model(rebuild)).probabilities(np.repeat(x, 3, axis=-1))
 
 
 def inference_model(model):
@@ -303,7 +223,7 @@ def _check_rebuild(model, expected, x, precision):
     if precision == "float32" and difference > PARITY_TOLERANCE:
         raise ExportError(f"the float32 rebuild of {model.name} differs from the model by {difference:.2e}; "
                           "its layers do not rebuild from their configs")
-    return _agreement(original, expected)
+    return agreement(original, expected)
 
 
 def _stage(rebuild, name, staging, formats, tflite, conversion, calibration, class_names, card):
@@ -355,7 +275,7 @@ def _int8_errors_and_rescue(report, staging, calibration, test, rescue, class_na
 
     def accuracy(model_bytes):
         _write_tflite(model_bytes, staging, report.model, "int8", class_names, card)
-        return _measure(load_artifact(path), "tflite", "int8", test, path, timed=False)["accuracy_pct"]
+        return measure(load_artifact(path), "tflite", "int8", test, path, timed=False)["accuracy_pct"]
 
     target = report.rows[0]["accuracy_pct"] - report.max_accuracy_drop
     layers = [layer["tensor"] for layer in report.int8_layers]
@@ -367,8 +287,8 @@ def _int8_errors_and_rescue(report, staging, calibration, test, rescue, class_na
         raise ExportError(f"int8 stays more than {report.max_accuracy_drop} points below Keras even with all but "
                           f"one layer in float; export without int8 or allow a larger drop. Received: rescue=True")
     accuracy(model_bytes)  # the file in staging is the rescued model again
-    report.rows[index] = _verify(load_artifact(path), "tflite", "int8", test, path, class_names)
-    _flag(report.rows, report.max_accuracy_drop)
+    report.rows[index] = verify(load_artifact(path), "tflite", "int8", test, path, class_names)
+    flag(report.rows, report.max_accuracy_drop)
     report.rescued_float_layers = kept
 
 
@@ -378,7 +298,7 @@ def _install(artifacts, staging, report, class_names):
     files = []
     for artifact, fmt, quantization in artifacts:
         final = os.path.join(report.out_dir, os.path.basename(artifact.path))
-        write_json(sidecar_path(artifact.path), _sidecar(artifact, final, fmt, quantization, report, class_names))
+        write_json(sidecar_path(artifact.path), sidecar(artifact, final, fmt, quantization, report, class_names))
         files += [artifact.path, sidecar_path(artifact.path)]
     write_text(os.path.join(staging, "labels.txt"), "".join(f"{c}\n" for c in class_names))
     write_json(os.path.join(staging, REPORT_FILE), report.to_dict())
@@ -416,105 +336,6 @@ def _write_onnx(model, path):
     return path
 
 
-def _measure(artifact, fmt, quantization, test, path, timed=True):
-    """One report row: size, top-1 accuracy, agreement and max |difference| against the rebuild, latency."""
-    x, expected = test.images_for(artifact), test.expected_for(artifact)
-    probabilities = artifact.probabilities(x)
-    return {
-        "artifact": os.path.basename(path) if path else artifact.path,
-        "format": fmt,
-        "quantization": quantization,
-        "size_kb": round(_size_kb(path), 1) if path and os.path.exists(path) else None,
-        "accuracy_pct": None if test.y is None else round(float(np.mean(probabilities.argmax(1) == test.y) * 100), 3),
-        "agreement_pct": _agreement(probabilities, expected),
-        "max_abs_diff": float(np.abs(probabilities - expected).max()),
-        "latency_ms": round(latency_ms(artifact, x[0], test.latency_runs), 4) if timed else None,
-        "accuracy_drop_pts": None,
-        "flagged": False,
-    }
-
-
-def _verify(artifact, fmt, quantization, test, path, class_names):
-    """`_measure`, then the checks that fail an export: float32 parity and, for TFLite, MediaPipe's client."""
-    row = _measure(artifact, fmt, quantization, test, path)
-    _check_parity(row, len(test.x))
-    if fmt == "tflite":
-        images = np.clip(np.round(test.images_for(artifact)), 0, 255)  # what a camera gives: 8-bit pixels
-        ours = artifact.probabilities(images).argmax(1)
-        row["client"] = mobile_client.check(path, images, ours, class_names, artifact.tensors["input"]["dtype"])
-        _check_client(row)
-    return row
-
-
-def _check_parity(row, count):
-    if row["quantization"] == "float32" and not row["max_abs_diff"] <= PARITY_TOLERANCE:
-        raise ExportError(f"{row['artifact']} does not match the Keras model: its probabilities differ by up to "
-                          f"{row['max_abs_diff']:.2e} (tolerance {PARITY_TOLERANCE:g}) on {count} test images; "
-                          "nothing was written")
-
-
-def _check_client(row):
-    client = row["client"]
-    if client["status"] != "ok":
-        return
-    if not client["names_match"]:
-        raise ExportError(f"{row['artifact']}: MediaPipe's ImageClassifier names the classes differently from "
-                          "labels.txt; nothing was written")
-    if row["quantization"] == "float32" and client["agreement_pct"] < CLIENT_AGREEMENT:
-        raise ExportError(f"{row['artifact']}: MediaPipe's ImageClassifier agrees with LiteRT on only "
-                          f"{client['agreement_pct']:.2f}% of the test images (at least {CLIENT_AGREEMENT:g}% "
-                          "needed); nothing was written")
-
-
-def _flag(rows, max_accuracy_drop):
-    """Mark quantized rows whose top-1 accuracy is more than `max_accuracy_drop` points below Keras's."""
-    keras_accuracy = rows[0]["accuracy_pct"]
-    for row in rows[1:]:
-        if keras_accuracy is not None and row["quantization"] != "float32":
-            row["accuracy_drop_pts"] = round(keras_accuracy - row["accuracy_pct"], 3)
-            row["flagged"] = row["accuracy_drop_pts"] > max_accuracy_drop
-
-
-def _sidecar(artifact, final, fmt, quantization, report, class_names):
-    """Everything an app needs to feed the artifact and read its output, without keras_cnn."""
-    from keras_cnn import __version__
-
-    return {
-        "artifact": os.path.basename(final),
-        "format": fmt,
-        "quantization": quantization,
-        "model": report.model,
-        "input": {**artifact.tensors["input"], "layout": "NHWC", "value_range": [0, 255],
-                  "preprocessing": "RGB or grayscale to match the channels, resized to the input height and width; "
-                                   "raw pixel values (the model rescales them); quantized inputs take "
-                                   "round(pixel / scale + zero_point)"},
-        "output": {**artifact.tensors["output"], "meaning": "class probabilities (softmax), in the order of "
-                                                            "class_names; quantized: scale * (q - zero_point)"},
-        "class_names": class_names,
-        "labels": "labels.txt",
-        "signature": SIGNATURE if fmt in ("saved_model", "tflite") else None,
-        "source": {"run": report.source, "model": report.model, "precision": report.precision},
-        "metadata": _metadata_summary(artifact.path) if fmt == "tflite" else None,
-        "keras_cnn_version": __version__,
-    }
-
-
-def _metadata_summary(path):
-    """What the `.tflite` file's own metadata says, read back from it, so that sidecar and file cannot disagree."""
-    if not tflite_metadata.available():
-        return None
-    with open(path, "rb") as handle:
-        metadata, files = tflite_metadata.read_metadata(handle.read())
-    image = metadata["subgraph_metadata"][0]["input_tensor_metadata"][0]
-    options = image["process_units"][0]["options"]
-    size = image["content"]["content_properties"].get("default_size", {})
-    return {"name": metadata["name"], "version": metadata.get("version"), "color_space": "RGB",
-            "image_size": [size.get("height"), size.get("width")],
-            "normalization": {"mean": options["mean"], "std": options["std"]},
-            "score": "probabilities in [0, 1]", "packed_files": sorted(files),
-            "min_parser_version": metadata.get("min_parser_version")}
-
-
 def _move(staged, final, staging):
     """Move a staged file or folder over `final`; an old folder is swapped out first, then deleted."""
     if os.path.isdir(staged) and os.path.exists(final):
@@ -532,29 +353,6 @@ def _choices(name, values, allowed):
     if unknown or not values:
         raise ValueError(f"{name} must be one or more of {', '.join(allowed)}. Received: {name}={values!r}")
     return tuple(dict.fromkeys(values))
-
-
-def _agreement(probabilities, expected):
-    return round(float(np.mean(probabilities.argmax(1) == expected.argmax(1)) * 100), 3)
-
-
-def _size_kb(path):
-    if os.path.isdir(path):
-        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files) / 1024
-    return os.path.getsize(path) / 1024
-
-
-def _fixed(value, digits):
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-
-def _client_cell(client):
-    if client is None:
-        return ""
-    if client["status"] != "ok":
-        return client["status"].split(":")[0]
-    return f"{client['agreement_pct']:.2f}%" + ("" if client["names_match"] else " names differ")
 
 
 def _description(name, class_names, shape, run_dir):

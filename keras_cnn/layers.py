@@ -121,3 +121,21 @@ class RGBToGray(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], 1)
+
+
+@keras.saving.register_keras_serializable(package="keras_cnn")
+class SigmoidToTwoClasses(keras.layers.Layer):
+    """One sigmoid unit P(class 1) as the two probabilities [1 - p, p].
+
+    The mobile export puts it after a single-unit model, because an on-device classifier (MediaPipe Tasks)
+    reads one score per label, and the label file names both classes.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        return keras.ops.concatenate([1.0 - inputs, inputs], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 2)

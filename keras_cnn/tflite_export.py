@@ -8,7 +8,9 @@
   the layers whose float version gives back the most accuracy in float (selective quantization) until the model
   is within the allowed accuracy drop.
 """
+import contextlib
 import re
+import warnings
 
 import numpy as np
 
@@ -21,16 +23,20 @@ class ExportError(ValueError):
 
 
 def mobile_model(model):
-    """`model` taking RGB images: itself if it has 3 channels, else `RGBToGray` in front of it."""
+    """`model` as a phone client runs it: taking RGB images (`RGBToGray` in front of a grayscale model) and giving
+    one probability per label (`SigmoidToTwoClasses` after a single sigmoid unit); `model` itself if it does."""
     import keras
 
-    from keras_cnn.layers import RGBToGray
+    from keras_cnn.layers import RGBToGray, SigmoidToTwoClasses
 
     *size, channels = model.input_shape[1:]
-    if channels == 3:
+    if channels == 3 and model.output_shape[-1] > 1:
         return model
-    rgb = keras.Input((*size, 3), name="image")
-    return keras.Model(rgb, model(RGBToGray(name="rgb_to_gray")(rgb)), name=model.name)
+    image = keras.Input((*size, 3), name="image")
+    outputs = model(RGBToGray(name="rgb_to_gray")(image) if channels == 1 else image)
+    if model.output_shape[-1] == 1:
+        outputs = SigmoidToTwoClasses(name="two_classes")(outputs)
+    return keras.Model(image, outputs, name=model.name)
 
 
 CONVERTERS = ("saved_model", "keras")
@@ -77,9 +83,11 @@ def layer_errors(saved_model, calibration):
 
     import tensorflow as tf
 
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=_converter(saved_model, "int8", calibration), debug_dataset=_samples(calibration[:DEBUG_IMAGES]))
-    debugger.run()
+    with _debugger_warnings_off():
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=_converter(saved_model, "int8", calibration),
+            debug_dataset=_samples(calibration[:DEBUG_IMAGES]))
+        debugger.run()
     dump = io.StringIO()
     debugger.layer_statistics_dump(dump)
     rows = [{"tensor": row["tensor_name"], "op": row["op_name"],
@@ -112,10 +120,19 @@ def rescue(saved_model, calibration, layers, accuracy, target):
 def _selective(saved_model, calibration, denied):
     import tensorflow as tf
 
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=_converter(saved_model, "int8", calibration), debug_dataset=_samples(calibration[:1]),
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied))
+    with _debugger_warnings_off():
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=_converter(saved_model, "int8", calibration), debug_dataset=_samples(calibration[:1]),
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied))
     return debugger.get_nondebug_quantized_model()
+
+
+@contextlib.contextmanager
+def _debugger_warnings_off():
+    """The quantization debugger runs TensorFlow's own tf.lite.Interpreter, which warns that it is deprecated."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        yield
 
 
 def input_normalization(model_bytes):

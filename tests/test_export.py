@@ -20,6 +20,7 @@ import keras_cnn
 from keras_cnn import export, predict  # the package's functions, resolved before the modules below
 from keras_cnn.exporting import ExportError, flex_ops, inference_model
 from keras_cnn.io import load_model, write_json
+from keras_cnn.verification import flag
 
 export_module = importlib.import_module("keras_cnn.exporting")
 SHAPE = (8, 8, 1)
@@ -371,7 +372,7 @@ def test_a_model_object_needs_out_dir():
 
 def test_flagged_rows_are_red_on_a_terminal(report):
     rows = [dict(row) for row in report.rows]
-    export_module._flag(rows, max_accuracy_drop=-100.0)  # every quantized row loses "too much"
+    flag(rows, max_accuracy_drop=-100.0)  # every quantized row loses "too much"
     flagged = dataclasses.replace(report, rows=rows)
     assert [row["flagged"] for row in rows] == [False, False, False, True, True, True]
     colored = flagged.table(color=True).splitlines()

@@ -217,3 +217,32 @@ def test_rescue_that_cannot_reach_the_drop_is_one_line(tmp_path, digits):
         keras_cnn.export(model, tmp_path, formats="tflite", quantize="int8", data=digits, rescue=True,
                          max_accuracy_drop=-1.0, latency_runs=1, verbose=False)
     assert os.listdir(tmp_path) == []
+
+
+def test_an_rgb_deeper_exports_four_files_that_mediapipe_loads(tmp_path):
+    """The CIFAR-shaped case: `deeper` (32x32x3, random weights) on random RGB images, all four variants."""
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 255, (300, 32, 32, 3)).astype("float32"), np.arange(300) % 10
+    data = keras_cnn.load_data((x, y), val_fraction=0, test_fraction=0.34, class_names=[f"c{i}" for i in range(10)])
+    model = keras_cnn.build("deeper", input_shape=(32, 32, 3), width=0.25, num_classes=10)
+    report = keras_cnn.export(model, tmp_path, formats="tflite", quantize=ALL_QUANT, data=data,
+                              calibration_samples=100, latency_runs=1, verbose=False)
+    for row in report.rows[1:]:
+        assert row["client"]["status"] == "ok" and row["client"]["names_match"]
+        if row["quantization"] in ("float32", "float16"):
+            assert row["client"]["agreement_pct"] >= 99.5
+
+
+def test_a_single_sigmoid_unit_becomes_two_named_probabilities_on_the_phone(tmp_path, digits):
+    x, y = digits.arrays("train")
+    pairs = y < 2
+    data = keras_cnn.load_data((x[pairs], y[pairs]), class_names=["zero", "one"])
+    model = keras_cnn.build("small", input_shape=(8, 8, 1), width=0.25, num_classes=1)
+    report = keras_cnn.export(model, tmp_path, formats="tflite", quantize=("float32", "int8"), data=data,
+                              calibration_samples=100, latency_runs=1, verbose=False)
+    rows = {row["quantization"]: row for row in report.rows[1:]}
+    assert rows["float32"]["max_abs_diff"] <= 1e-4 and rows["float32"]["client"]["agreement_pct"] >= 99.5
+    assert all(row["client"]["names_match"] for row in rows.values())
+    _, files = tflite_metadata.read_metadata(read(tmp_path / "small_float32.tflite"))
+    assert files["labels.txt"].decode().splitlines() == ["zero", "one"]
+    assert load_artifact(tmp_path / "small_float32.tflite").tensors["output"]["shape"] == [None, 2]
