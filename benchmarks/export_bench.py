@@ -131,8 +131,10 @@ def print_summary(results):
                                                        for q, c in results["client"].items()) +
           f"  {'ok' if checks['client'] else 'MISSED'}")
     for name, row in (results["converters"] or {}).items():
-        print(f"  converter {name:<22} {row['size_kb']:8.1f} KB {row['latency_ms']:7.3f} ms  agree "
-              f"{row['agreement_pct']:.2f} %  flex {row['flex_ops'] or '-'}  ops {row['ops']}")
+        measured = (f"{row['latency_ms']:7.3f} ms  agree {row['agreement_pct']:.2f} %" if "error" not in row
+                    else f"not loadable: {row['error'][:80]}")
+        print(f"  converter {name:<22} {row['size_kb']:8.1f} KB {measured}  flex {row['flex_ops'] or '-'}  "
+              f"ops {row['ops']}")
     latency = results["latency_ms"]
     int8 = latency["tflite_int8"]
     for label, key in (("TFLite int8", "tflite_int8"), ("TFLite float32", "tflite_float32"),
@@ -164,6 +166,15 @@ def compare_converters(run_dir, scratch, runs):
     plain = os.path.join(scratch, "keras_default.tflite")
     model.export(plain, format="litert", verbose=False)  # Keras as it comes: Flex allowed, no metadata
     results["keras_default"] = describe_tflite(plain, x, expected, runs)
+    trained = os.path.join(scratch, "keras_default_trained.tflite")
+    run.model.export(trained, format="litert", verbose=False)  # what a user gets from the run's model.keras
+    try:
+        results["keras_default_trained"] = describe_tflite(trained, x, expected, runs)
+    except ValueError as error:  # LiteRT without the Flex delegate cannot load it
+        results["keras_default_trained"] = {"size_kb": round(os.path.getsize(trained) / 1024, 1),
+                                            "ops": tflite_ops(trained), "error": str(error)}
+        results["keras_default_trained"]["flex_ops"] = sorted(op for op in results["keras_default_trained"]["ops"]
+                                                              if op.startswith("Flex"))
     return results
 
 
