@@ -123,10 +123,10 @@ def cmd_describe(args):
 
 def cmd_show(args):
     _quiet_tensorflow()
-    from keras_cnn import io, viz
+    from keras_cnn import io, runs, viz
 
     if os.path.isdir(args.source):
-        model, folder = io.load(args.source).model, args.source
+        model, folder = runs.load(args.source).model, args.source
     else:
         model, folder = io.load_model(args.source), os.path.dirname(os.path.abspath(args.source))
     out = args.out or folder
@@ -162,17 +162,12 @@ def _data_options(args):
 
 def cmd_train(args):
     _quiet_tensorflow()
+    from keras_cnn import runs
     from keras_cnn.training import train
 
     kwargs = {"data": "digits"}
     if args.config:
-        with open(args.config) as handle:
-            previous = json.load(handle)
-        arguments = dict(previous["arguments"])
-        for ignored in ("out", "resume", "verbose"):  # a rerun gets a new folder and its own progress bar
-            arguments.pop(ignored, None)
-        kwargs.update(arguments.pop("overrides", None) or {}, **arguments)
-        kwargs.update(model=previous["model"], data=previous["data"])
+        kwargs.update(runs.open_run(args.config).rerun_arguments())
     elif not args.model:
         raise ValueError("name a model to train (see `keras-cnn list`) or pass --config RUN_DIR/config.json")
     if args.model:
@@ -193,7 +188,7 @@ def cmd_train(args):
     if args.export:
         from keras_cnn.exporting import export
 
-        export(run.path, formats=args.export)
+        export(run, formats=args.export)
 
 
 def _csv(text):
@@ -204,13 +199,11 @@ def cmd_export(args):
     _quiet_tensorflow()
     from keras_cnn.exporting import export
 
+    from keras_cnn import runs
+
     data = None
     if args.data or _data_options(args):
-        from keras_cnn.data import load_data
-
-        with open(os.path.join(args.run, "config.json")) as handle:
-            config = json.load(handle)
-        data = load_data(args.data or config["data"], **{**config.get("data_options", {}), **_data_options(args)})
+        data = runs.open_run(args.run).load_data(args.data, **_data_options(args))
     export(args.run, args.out, formats=args.formats, quantize=args.quantize, data=data, io=args.io,
            max_accuracy_drop=args.max_accuracy_drop)
 
@@ -227,16 +220,13 @@ def cmd_predict(args):
 
 def cmd_evaluate(args):
     _quiet_tensorflow()
+    from keras_cnn import runs
     from keras_cnn.evaluation import evaluate
-    from keras_cnn.io import load
 
-    run = load(args.run)
+    run = runs.load(args.run)
     data = None
     if args.data or _data_options(args):
-        from keras_cnn.data import load_data
-
-        data = load_data(args.data or run.config["data"], **{**run.config.get("data_options", {}),
-                                                             **_data_options(args)})
+        data = run.load_data(args.data, **_data_options(args))
     print(evaluate(run, data, split=args.split, tta=args.tta))
 
 
@@ -340,7 +330,7 @@ def parser():
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model override, e.g. --set dropout=0.3")
     s.add_argument("--out", help="run folder (default saved_models/<model>-<data>-<time>)")
     s.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    s.add_argument("--config", metavar="CONFIG_JSON", help="rerun a previous run: RUN_DIR/config.json")
+    s.add_argument("--config", metavar="CONFIG_JSON", help="rerun a previous run: RUN_DIR/config.json (or RUN_DIR)")
     s.add_argument("--export", type=_csv, metavar="FORMATS",
                    help="then export and verify the run: saved_model, tflite, onnx (comma-separated; TFLite as "
                    "float32 and int8), as `keras-cnn export RUN --formats FORMATS`")

@@ -65,8 +65,8 @@ class Prediction:
 def predict(artifact, images, top=3):
     """Top-`top` (label, probability) per image, as a list of `Prediction` in the order given.
 
-    `artifact` is a run folder, a `.keras` file, a SavedModel folder, a `.tflite` or `.onnx` file (or an
-    `Artifact` from `load_artifact`); `images` is one path or a list of paths and/or numpy images in
+    `artifact` is a run folder (or the `Run` `keras_cnn.train` returns), a `.keras` file, a SavedModel folder, a
+    `.tflite` or `.onnx` file (or an `Artifact` from `load_artifact`); `images` is one path or a list of paths and/or numpy images in
     [0, 255]. Bad images are reported in their `Prediction.error`; nothing is raised for them.
     """
     from keras_cnn.data import read_image
@@ -93,7 +93,12 @@ def predict(artifact, images, top=3):
 
 
 def load_artifact(path):
-    """Load `path` in its own runtime: run folder / `.keras`, SavedModel folder, `.tflite` or `.onnx`."""
+    """Load `path` in its own runtime: run folder (or `Run`) / `.keras`, SavedModel folder, `.tflite` or `.onnx`."""
+    from keras_cnn import runs
+
+    if isinstance(path, runs.Run):
+        run = runs.as_run(path)
+        return keras_artifact(run.model, run.class_names, run.path)
     path = str(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"artifact not found: {path}. Received: artifact={path!r}")
@@ -148,10 +153,10 @@ def sidecar_path(artifact_path):
 
 
 def _load_keras(path):
-    from keras_cnn import io
+    from keras_cnn import io, runs
 
     if os.path.isdir(path):
-        run = io.load(path)
+        run = runs.load(path)
         return keras_artifact(run.model, run.class_names, path)
     model = io.load_model(path)
     labels = os.path.join(os.path.dirname(os.path.abspath(path)), "labels.txt")

@@ -16,8 +16,6 @@ backbone frozen, then `fine_tune_epochs` with its top `unfreeze` blocks
 trainable, recompiled at 1/100 of the learning rate. Epoch numbers, history.csv,
 the best checkpoint and `--resume` run on across both phases.
 """
-import dataclasses
-import datetime
 import json
 import logging
 import math
@@ -29,11 +27,10 @@ import time
 import keras
 import numpy as np
 
-from keras_cnn import io, options, recipes
+from keras_cnn import io, options, recipes, runs
 
 logger = logging.getLogger("keras_cnn")
 
-DEFAULT_OUT = "saved_models"
 STRATEGIES = (None, "mirrored")
 FINE_TUNE_LR_FACTOR = 0.01  # phase-2 learning rate / phase-1 peak (the Keras guide's 1e-3 -> 1e-5)
 
@@ -48,18 +45,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says what to try."""
 
 
-@dataclasses.dataclass
-class RunResult:
-    """What `train` returns: the trained model (best epoch), its history, test metrics and files."""
-
-    path: str
-    model: object
-    history: dict
-    metrics: object  # keras_cnn.evaluation.Report on the test split
-    config: dict
-    class_names: list
-
-
 class BestCheckpoint(keras.callbacks.Callback):
     """Save the model whenever `monitor` improves, atomically, remembering the epoch across resumes.
 
@@ -68,10 +53,10 @@ class BestCheckpoint(keras.callbacks.Callback):
     file and renames it, and keeps the best value in `best.json` for `--resume`.
     """
 
-    def __init__(self, folder, monitor):
+    def __init__(self, run, monitor):
         super().__init__()
-        self.path = os.path.join(folder, "model.keras")
-        self.state_path = os.path.join(folder, "best.json")
+        self.path = run.model_path
+        self.state_path = run.file(runs.BEST_FILE)
         self.monitor = monitor
         self.best = {"epoch": None, monitor: -math.inf}
         if os.path.isfile(self.state_path):
@@ -163,33 +148,34 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         model.compile(optimizer=recipes.optimizer(recipe, total_steps=epochs * steps, learning_rate=learning_rate),
                       loss=loss, metrics=metrics, jit_compile=False, steps_per_execution=per_call)
 
-    folder = run_folder(out, name, data.name, resume)
-    config = {
+    run = runs.create(out, name, data.name, resume)
+    folder = run.path
+    previous = _check_resume(run, name, data, image_shape, model.output_shape[-1])
+    run.config = config = {
         "model": name, "data": data.spec or data.name, "data_options": {**(data_options or {}), "seed": seed},
         "input_shape": list(image_shape), "num_classes": model.output_shape[-1], "class_names": data.class_names,
         "precision": policy, "arguments": _jsonable_arguments(arguments), "versions": _versions(),
         "machine": {"cpu": recipes._cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
     }
-    previous = _check_resume(folder, config, resume)
     if "fine_tune" in previous:  # the run had reached phase 2
         if not fine_tune_epochs:
             raise ValueError(f"{folder} was fine-tuning when it stopped: resume it with the same fine_tune_epochs. "
                              f"Received: fine_tune_epochs={fine_tune_epochs!r}")
         config["fine_tune"] = previous["fine_tune"]
-    io.write_json(os.path.join(folder, "config.json"), config)
-    io.write_text(os.path.join(folder, "labels.txt"), "\n".join(data.class_names) + "\n")
+    run.write_config()
+    run.write_labels(data.class_names)
 
     monitor = "val_accuracy" if val_set is not None else "accuracy"
-    best = BestCheckpoint(folder, monitor)
+    best = BestCheckpoint(run, monitor)
 
     def fit(first_epoch, last_epoch, last_phase, append):
         fit_callbacks = [  # in this order at each epoch's end: the backup marks the epoch finished, so it is last
-            keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=append),
+            keras.callbacks.CSVLogger(run.file(runs.HISTORY_FILE), append=append),
             best,
             keras.callbacks.TerminateOnNaN(),
             *([keras.callbacks.EarlyStopping(monitor, patience=early_stopping, mode="max")] if early_stopping else []),
-            *([keras.callbacks.TensorBoard(os.path.join(folder, "logs"))] if tensorboard else []),
-            keras.callbacks.BackupAndRestore(os.path.join(folder, "backup"), double_checkpoint=True,
+            *([keras.callbacks.TensorBoard(run.file(runs.LOGS_DIR))] if tensorboard else []),
+            keras.callbacks.BackupAndRestore(run.file(runs.BACKUP_DIR), double_checkpoint=True,
                                              delete_checkpoint=last_phase),  # phase 2 resumes from phase 1's end
             *callbacks,
         ]
@@ -204,7 +190,7 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         losses += phase.history.get("loss", [])
         config["fine_tune"] = {"from_epoch": phase.epoch[-1] + 1 if phase.epoch else epochs}
     if fine_tune_epochs and all(np.isfinite(losses)):
-        losses += _fine_tune(model, fit, config, folder, recipe=recipe, learning_rate=learning_rate, steps=steps,
+        losses += _fine_tune(model, fit, run, recipe=recipe, learning_rate=learning_rate, steps=steps,
                              label_smoothing=label_smoothing, strategy=strategy, fine_tune_epochs=fine_tune_epochs,
                              unfreeze=unfreeze)
     else:
@@ -213,33 +199,35 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         raise TrainingDiverged(f"{TROUBLESHOOTING}. The run folder is {folder}")
     train_seconds = time.perf_counter() - started
 
-    model = io.load_model(best.path)
-    history = read_history(os.path.join(folder, "history.csv"))
+    model = run.load_model()
+    history = run.read_history()
     test_split = "test" if data.sizes["test"] else "val"
     metrics = evaluation.evaluate(model, data, split=test_split, batch_size=max(batch_size, 256), out=folder)
-    viz.save(viz.curves(history), os.path.join(folder, "curves.png"))
+    viz.save(viz.curves(history), run.file(runs.CURVES_FILE))
     config.update(best_epoch=best.best["epoch"], monitor=monitor, train_seconds=round(train_seconds, 1),
                   test_accuracy=metrics.accuracy, epochs_run=len(history.get("loss", [])))
-    io.write_json(os.path.join(folder, "config.json"), config)
-    io.write_text(os.path.join(folder, "README.md"), model_card(config, metrics, data))
+    run.write_config()
+    io.write_text(run.file(runs.CARD_FILE), model_card(config, metrics, data))
     os.remove(best.state_path)
     logger.info("%s: test accuracy %.2f%% (best epoch %s), run folder %s", name, 100 * metrics.accuracy,
                 best.best["epoch"], folder)
-    return RunResult(folder, model, history, metrics, config, data.class_names)
+    run.history, run.metrics = history, metrics
+    return run
 
 
-def _fine_tune(model, fit, config, folder, *, recipe, learning_rate, steps, label_smoothing, strategy,
+def _fine_tune(model, fit, run, *, recipe, learning_rate, steps, label_smoothing, strategy,
                fine_tune_epochs, unfreeze):
     """Phase 2: unfreeze the top blocks of the backbone, recompile at 1/100 of the rate, train on; its losses."""
     import warnings
 
     from keras_cnn.models import transfer
 
+    config = run.config
     first = config["fine_tune"]["from_epoch"]
     blocks = transfer.unfreeze(model, unfreeze)
     rate = (recipes.DEFAULT_LR[recipe] if learning_rate is None else learning_rate) * FINE_TUNE_LR_FACTOR
     config["fine_tune"] = {"from_epoch": first, "epochs": fine_tune_epochs, "learning_rate": rate, "blocks": blocks}
-    io.write_json(os.path.join(folder, "config.json"), config)  # marks phase 2 for --resume
+    run.write_config()  # marks phase 2 for --resume
     logger.info("%s: fine-tuning %d backbone block(s) (%s ... %s) for %d epochs at learning rate %g", model.name,
                 len(blocks), blocks[0], blocks[-1], fine_tune_epochs, rate)
     with _distribution(strategy).scope():
@@ -344,36 +332,15 @@ def _training_batches(data, batch_size, image_shape, seed, mixup, cutmix, model)
     return _labels_for(model, dataset)
 
 
-def run_folder(out, model_name, data_name, resume):
-    """Create (or, resuming, reopen) the run folder; two runs started together never share one."""
-    if resume:
-        if out is None or not os.path.isfile(os.path.join(out, "config.json")):
-            raise ValueError(f"--resume needs the folder of an interrupted run (with config.json). Received: out={out!r}")
-        io.remove_temporaries(out)  # what a killed write left behind
-        return out
-    if out is not None:
-        if os.path.isdir(out) and os.listdir(out):
-            raise ValueError(f"{out} already exists and is not empty: pass --resume to continue that run or "
-                             f"choose another --out. Received: out={out!r}")
-        return io.make_folder(out, "out")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return io.reserve_folder(os.path.join(DEFAULT_OUT, f"{model_name}-{_slug(data_name)}-{stamp}"))
-
-
-def _slug(text):
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-") or "data"
-
-
-def _check_resume(folder, config, resume):
+def _check_resume(run, name, data, image_shape, num_classes):
     """Resuming with another model or data would mix two runs: refuse it. Returns the previous config ({})."""
-    if not resume:
-        return {}
-    with open(os.path.join(folder, "config.json")) as handle:
-        previous = json.load(handle)
-    for key in ("model", "data", "input_shape", "num_classes"):
-        if previous.get(key) != json.loads(json.dumps(config[key])):
-            raise ValueError(f"cannot resume {folder} with a different {key}: it was trained with "
-                             f"{previous.get(key)!r}. Received: {key}={config[key]!r}")
+    previous = run.config
+    received = {"model": name, "data": data.spec or data.name, "input_shape": list(image_shape),
+                "num_classes": num_classes}
+    for key, value in received.items():
+        if previous and previous.get(key) != value:
+            raise ValueError(f"cannot resume {run.path} with a different {key}: it was trained with "
+                             f"{previous.get(key)!r}. Received: {key}={value!r}")
     return previous
 
 
@@ -388,17 +355,6 @@ def _versions():
 
     return {"keras_cnn": keras_cnn.__version__, "keras": keras.__version__, "tensorflow": tf.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
-
-
-def read_history(path):
-    """history.csv (appended across resumes) as {column: [values per epoch]}; an epoch logged twice (cut short
-    by a kill after its row was written, then trained again) counts once, with its last row."""
-    import csv
-
-    with open(path) as handle:
-        rows = list({row["epoch"]: row for row in csv.DictReader(handle)}.values())
-    return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "", "NA")]  # NA: no val split
-            for key in (rows[0] if rows else {}) if key != "epoch"}
 
 
 def _fine_tune_line(config):

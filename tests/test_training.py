@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn import evaluation, io, recipes, training
+from keras_cnn import evaluation, io, recipes, runs, training
 
 FAST = dict(epochs=2, batch_size=64, precision="float32", verbose=0, width=0.25)
 RUN_FILES = {"model.keras", "config.json", "labels.txt", "history.csv", "metrics.json", "curves.png",
@@ -141,7 +141,7 @@ def test_existing_folder_needs_resume_and_resume_needs_the_same_run(tmp_path, fi
 
 def test_default_run_folders_never_collide(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    folders = {training.run_folder(None, "small", "digits", resume=False) for _ in range(5)}
+    folders = {runs.create(None, "small", "digits", resume=False).path for _ in range(5)}
     assert len(folders) == 5 and all(f.startswith("saved_models/small-digits-") for f in folders)
 
 
@@ -264,7 +264,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 2" in result.stdout
-    assert io.load(str(tmp_path / "m")).model.output_shape == (None, 10)
+    assert runs.load(str(tmp_path / "m")).model.output_shape == (None, 10)
 
 
 def test_cli_train_and_evaluate(tmp_path):

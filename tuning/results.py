@@ -105,8 +105,9 @@ def _retrain(run_dir, proposal, data, data_options, epochs, settings, verbose):
     """(model, test accuracy) of `keras_cnn.train` with the best settings: a finished run folder is reused,
     an interrupted one resumed."""
     import keras_cnn
+    from keras_cnn import runs
 
-    config = _json(os.path.join(run_dir, "config.json"))
+    config = runs.open_run(run_dir).config if runs.Run(run_dir).has_config() else {}
     if config.get("test_accuracy") is not None:
         return keras_cnn.load(run_dir).model, config["test_accuracy"]
     run = keras_cnn.train(proposal.model, data, epochs=epochs, batch_size=settings["batch_size"],

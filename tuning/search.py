@@ -193,9 +193,9 @@ def _open_folder(out, data_name, resume, settings, fingerprint):
             raise ValueError(f"resume {out} the way it was started (keras-tuner keeps a distributed search's state "
                              f"under its chief). Received: distributed={settings['distributed']}")
     elif out is None:
-        from keras_cnn.training import run_folder
+        from keras_cnn import runs
 
-        out = run_folder(None, "tune", data_name, resume=False)
+        out = runs.create(None, "tune", data_name, resume=False).path
     elif os.path.exists(out) and os.listdir(out):
         raise ValueError(f"{out} already exists and is not empty: pass resume=True (--resume) to continue that "
                          f"search or choose another out. Received: out={out!r}")
