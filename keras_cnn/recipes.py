@@ -108,6 +108,22 @@ def loss_and_metrics(num_outputs, label_smoothing=0.0):
     return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), metrics
 
 
+def compile_model(model, recipe="sgd", *, total_steps, learning_rate=None, label_smoothing=0.0, batch_size=128,
+                  steps_per_call=None):
+    """Compile `model` as every keras_cnn trainer does (`train`, its fine-tuning phase, the tuner's trials).
+
+    The recipe's optimizer (its schedule spanning `total_steps`, the peak `learning_rate` or the recipe's),
+    cross-entropy on one-hot labels with `label_smoothing`, `accuracy` (and `top5_accuracy` above 5 classes),
+    no XLA, and `steps_per_call` training steps per Keras call (default: `steps_per_execution(model,
+    batch_size)`). Returns the optimizer.
+    """
+    loss, metrics = loss_and_metrics(model.output_shape[-1], label_smoothing)
+    optimizer_ = optimizer(recipe, total_steps=total_steps, learning_rate=learning_rate)
+    per_call = steps_per_execution(model, batch_size) if steps_per_call is None else steps_per_call
+    model.compile(optimizer=optimizer_, loss=loss, metrics=metrics, jit_compile=False, steps_per_execution=per_call)
+    return optimizer_
+
+
 def resolve_precision(precision):
     """The dtype policy for `precision`; "auto" measures bf16 against fp32 once per machine."""
     if precision not in PRECISIONS:

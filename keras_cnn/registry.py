@@ -71,6 +71,12 @@ def _family(name):
     return importlib.import_module(_entry(name).make_spec().family)
 
 
+def family_of(name):
+    """The family module of registered model `name`, or None for a name the registry does not know."""
+    _load_catalogue()
+    return _family(name) if name in _MODELS else None
+
+
 def valid_options(name):
     """The overrides model `name` accepts, with their validators."""
     defaults = _entry(name).make_spec().defaults

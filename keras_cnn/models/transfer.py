@@ -58,6 +58,7 @@ OPTIONS = {
 }
 
 BACKBONE_LAYER = "backbone"
+FINE_TUNE_LR_FACTOR = 0.01  # phase-2 learning rate / phase-1 peak (the Keras guide's 1e-3 -> 1e-5)
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils, mode "caffe"
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # EfficientNet's Normalization, in [0, 1] units
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
@@ -668,6 +669,20 @@ def unfreeze(model, blocks=None):
         for layer in members:
             layer.trainable = block in names and not isinstance(layer, keras.layers.BatchNormalization)
     return names
+
+
+def fine_tune(model, *, blocks=None, learning_rate):
+    """The family's second training phase, which `keras_cnn.train(..., fine_tune_epochs=N, unfreeze=B)` runs.
+
+    Unfreezes the top `blocks` backbone blocks (`unfreeze`) and returns what the phase trains at and
+    config.json records: {"learning_rate": 1/100 of phase 1's peak `learning_rate`, "blocks": their names}.
+    The trainer recompiles the model with that rate.
+    """
+    names = unfreeze(model, blocks)
+    rate = learning_rate * FINE_TUNE_LR_FACTOR
+    logger.info("%s: fine-tuning %d backbone block(s) (%s ... %s) at learning rate %g", model.name, len(names),
+                names[0], names[-1], rate)
+    return {"learning_rate": rate, "blocks": names}
 
 
 def is_transfer_model(model):
