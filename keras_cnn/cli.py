@@ -11,40 +11,52 @@ import logging
 import os
 import sys
 
-# Errors that describe bad input, a file system problem (missing, not writable, full) or a diverged run rather
-# than a bug: shown as one line.
-USER_ERRORS = (ValueError, OSError, RuntimeError)
+# Errors that describe bad input, a file system problem (missing, not writable, full) or a diverged run
+# (`TrainingDiverged` is a ValueError) rather than a bug: shown as one line. Anything else is a bug, shown as one
+# line that says how to see its traceback.
+USER_ERRORS = (ValueError, OSError)
 LOG_HANDLER = "keras_cnn.cli"
 
-# `keras-cnn train` options: name -> (flags, argparse keywords). The names are `keras_cnn.train` keywords,
-# so `--config RUN/config.json` can fill any of them from a previous run.
-TRAIN_OPTIONS = {
-    "epochs": (("--epochs",), dict(type=int, help="training epochs (default 30)")),
-    "batch_size": (("--batch-size",), dict(type=int, help="batch size (default 128)")),
-    "recipe": (("--recipe",), dict(choices=("sgd", "adam"), help="sgd: seed 003's SGD momentum 0.9, lr 0.1 "
-                                   "cosine, L2 5e-4 (default); adam: Adam 1e-3")),
-    "learning_rate": (("--lr",), dict(type=float, help="peak learning rate (default: the recipe's)")),
-    "label_smoothing": (("--label-smoothing",), dict(type=float, help="label smoothing, e.g. 0.1")),
-    "precision": (("--precision",), dict(choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-                                         help="auto (default) measures what is fastest on this machine")),
-    "mixup": (("--mixup",), dict(type=float, help="MixUp alpha on batches, e.g. 0.2 (default off)")),
-    "cutmix": (("--cutmix",), dict(type=float, help="CutMix strength on batches, e.g. 1.0 (default off)")),
-    "seed": (("--seed",), dict(type=int, help="seed for weights, data order and augmentation (default 0)")),
-    "early_stopping": (("--early-stopping",), dict(type=int, metavar="PATIENCE", help="stop after PATIENCE "
-                                                   "epochs without improvement")),
-    "tensorboard": (("--tensorboard",), dict(action="store_true", default=None, help="write TensorBoard logs")),
-    "strategy": (("--strategy",), dict(choices=("mirrored",), help="data-parallel training over local devices")),
-    "class_weights": (("--class-weights",), dict(action="store_true", default=None,
-                                                 help="weight classes by inverse frequency (imbalanced data)")),
-    "input_shape": (("--input-shape",), dict(type=int, nargs=3, metavar=("H", "W", "C"),
-                                             help="model input (default: the data's, resized up if needed)")),
-    "weights": (("--weights",), dict(help="initial weights: a .weights.h5 file; for *_transfer models the "
-                                     "backbone's: imagenet, a weights file, a .keras model or a run folder")),
-    "fine_tune_epochs": (("--fine-tune-epochs",), dict(type=int, help="transfer models: epochs of phase 2, with "
-                                                       "the top backbone blocks unfrozen at 1/100 of the lr")),
-    "unfreeze": (("--unfreeze",), dict(type=int, metavar="BLOCKS", help="transfer models: backbone blocks to "
-                                       "fine-tune, from the top (default: all)")),
-}
+
+def train_options():
+    """`keras-cnn train` options: name -> (flags, argparse keywords). The names are `keras_cnn.train` keywords, so
+    `--config RUN/config.json` can fill any of them from a previous run; choices and defaults are the library's."""
+    import inspect
+
+    from keras_cnn import options, precision, recipes
+    from keras_cnn.training import train
+
+    default = {name: parameter.default for name, parameter in inspect.signature(train).parameters.items()}
+    return {
+        "epochs": (("--epochs",), dict(type=int, help=f"training epochs (default {default['epochs']})")),
+        "batch_size": (("--batch-size",), dict(type=int, help=f"batch size (default {default['batch_size']})")),
+        "recipe": (("--recipe",), dict(choices=recipes.RECIPES, help="sgd: seed 003's SGD momentum 0.9, lr 0.1 "
+                                       f"cosine, L2 5e-4; adam: Adam 1e-3 (default {default['recipe']})")),
+        "learning_rate": (("--lr",), dict(type=float, help="peak learning rate (default: the recipe's)")),
+        "label_smoothing": (("--label-smoothing",), dict(type=float, help="label smoothing, e.g. 0.1 (default "
+                                                         f"{default['label_smoothing']})")),
+        "precision": (("--precision",), dict(choices=precision.PRECISIONS, help="auto measures what is fastest on "
+                                             f"this machine (default {default['precision']})")),
+        "mixup": (("--mixup",), dict(type=float, help="MixUp alpha on batches, e.g. 0.2 (default off)")),
+        "cutmix": (("--cutmix",), dict(type=float, help="CutMix strength on batches, e.g. 1.0 (default off)")),
+        "seed": (("--seed",), dict(type=int, help="seed for weights, data order and augmentation "
+                                   f"(default {default['seed']})")),
+        "early_stopping": (("--early-stopping",), dict(type=int, metavar="PATIENCE", help="stop after PATIENCE "
+                                                       "epochs without improvement")),
+        "tensorboard": (("--tensorboard",), dict(action="store_true", default=None, help="write TensorBoard logs")),
+        "strategy": (("--strategy",), dict(choices=[s for s in options.STRATEGIES if s],
+                                           help="data-parallel training over local devices")),
+        "class_weights": (("--class-weights",), dict(action="store_true", default=None,
+                                                     help="weight classes by inverse frequency (imbalanced data)")),
+        "input_shape": (("--input-shape",), dict(type=int, nargs=3, metavar=("H", "W", "C"),
+                                                 help="model input (default: the data's, resized up if needed)")),
+        "weights": (("--weights",), dict(help="initial weights: a .weights.h5 file; for *_transfer models the "
+                                         "backbone's: imagenet, a weights file, a .keras model or a run folder")),
+        "fine_tune_epochs": (("--fine-tune-epochs",), dict(type=int, help="transfer models: epochs of phase 2, "
+                                                           "with the top backbone blocks unfrozen at 1/100 of the lr")),
+        "unfreeze": (("--unfreeze",), dict(type=int, metavar="BLOCKS", help="transfer models: backbone blocks to "
+                                           "fine-tune, from the top (default: all)")),
+    }
 
 
 # TensorFlow prints start-up notices (oneDNN's, on AVX-512 CPUs) through absl before its logging is set up,
@@ -174,7 +186,7 @@ def cmd_train(args):
         kwargs["model"] = args.model
     if args.data:
         kwargs["data"] = args.data
-    kwargs.update({name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None})
+    kwargs.update({name: getattr(args, name) for name in train_options() if getattr(args, name) is not None})
     kwargs.update(_overrides(args.set))
     if args.augment is not None:
         kwargs["augment"] = args.augment
@@ -274,6 +286,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser():
+    from keras_cnn import options
+
     p = _Parser(
         prog="keras-cnn",
         description="A Keras 3 model zoo of the classic tutorial CNNs: list, describe, train, evaluate, "
@@ -323,9 +337,9 @@ def parser():
                        "--epochs 30 --augment basic --recipe sgd --out saved_models/deeper-cifar10")
     s.add_argument("model", nargs="?", help="a registered model name (see `keras-cnn list`)")
     _add_data_arguments(s, "default: digits, offline")
-    for name, (flags, keywords) in TRAIN_OPTIONS.items():
+    for name, (flags, keywords) in train_options().items():
         s.add_argument(*flags, dest=name, **keywords)
-    s.add_argument("--augment", choices=("none", "basic", "strong", "cutout"), help="augmentation preset")
+    s.add_argument("--augment", choices=options.AUGMENT_PRESETS, help="augmentation preset")
     s.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model override, e.g. --set dropout=0.3")
     s.add_argument("--out", help="run folder (default saved_models/<model>-<data>-<time>)")
@@ -430,6 +444,13 @@ def main(argv=None):
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"keras-cnn: error: {message}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug: say so, and how to see where it happened
+        if args.debug:
+            raise
+        message = " ".join(str(error).split()[:40])
+        print(f"keras-cnn: internal error: {type(error).__name__}: {message} (a bug in keras-cnn, not in what you "
+              "asked for: rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("keras-cnn: interrupted", file=sys.stderr)
         return 130

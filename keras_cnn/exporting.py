@@ -198,7 +198,7 @@ def _resolve(source, data):
 
     from keras_cnn.evaluation import check_compatible
     from keras_cnn import runs
-    from keras_cnn.recipes import model_precision
+    from keras_cnn.precision import model_precision
 
     if isinstance(source, keras.Model):
         model, name, run_dir, class_names = source, source.name, None, None

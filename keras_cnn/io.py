@@ -87,14 +87,22 @@ def write_text(path, text):
 
 
 def write_json(path, data):
-    write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+    write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
 
 
-def _jsonable(value):
+def jsonable(value, *, other=None):
+    """`value` as JSON reads it back: NumPy scalars and arrays as numbers and lists, tuples and sets as lists;
+    any other object through `other(object)` (e.g. `repr`), or a TypeError without it."""
+    return json.loads(json.dumps(value, default=lambda item: _plain(item, other)))
+
+
+def _plain(value, other=None):
     if hasattr(value, "tolist"):  # NumPy scalars and arrays
         return value.tolist()
     if isinstance(value, (set, tuple)):
         return list(value)
+    if other is not None:
+        return other(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
@@ -110,7 +118,7 @@ def load_model(path):
 
     import keras_cnn.augment  # noqa: F401  registers the custom layers and optimizer
     import keras_cnn.layers  # noqa: F401
-    import keras_cnn.recipes  # noqa: F401
+    import keras_cnn.optimizers  # noqa: F401
 
     path = str(path)
     received = f"Received: path={path!r}"

@@ -20,7 +20,6 @@ Epoch numbers, history.csv, the best checkpoint and `--resume` run on across
 both phases.
 """
 import functools
-import json
 import logging
 import math
 import os
@@ -30,14 +29,13 @@ import time
 import types
 from typing import NamedTuple
 
-import keras
 import numpy as np
 
 from keras_cnn import io, options, recipes, runs
+from keras_cnn.precision import cpu_model, model_precision, resolve_precision
 
 logger = logging.getLogger("keras_cnn")
 
-STRATEGIES = (None, "mirrored")
 
 TROUBLESHOOTING = (
     "training diverged (the loss became NaN or infinite). What usually helps (seed 003's list): "
@@ -46,34 +44,8 @@ TROUBLESHOOTING = (
 )
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message says what to try."""
-
-
-class BestCheckpoint(keras.callbacks.Callback):
-    """Save the model whenever `monitor` improves, atomically, remembering the epoch across resumes.
-
-    Keras's ModelCheckpoint writes straight to its final path, so a run killed
-    mid-save would leave a truncated `model.keras`; this writes a temporary
-    file and renames it, and keeps the best value in `best.json` for `--resume`.
-    """
-
-    def __init__(self, run, monitor):
-        super().__init__()
-        self.path = run.model_path
-        self.state_path = run.file(runs.BEST_FILE)
-        self.monitor = monitor
-        self.best = {"epoch": None, monitor: -math.inf}
-        if os.path.isfile(self.state_path):
-            with open(self.state_path) as handle:
-                self.best = json.load(handle)
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is not None and np.isfinite(value) and value >= self.best[self.monitor]:  # ties: the later, better-annealed epoch
-            io.save_model(self.model, self.path)
-            self.best = {"epoch": epoch + 1, self.monitor: float(value)}
-            io.write_json(self.state_path, self.best)
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the message says what to try (a ValueError: the settings are the cause)."""
 
 
 def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", learning_rate=None,
@@ -142,11 +114,13 @@ def _prepare(call):
     if not by_name and (call.overrides or call.input_shape is not None or call.strategy or call.weights is not None):
         raise ValueError("overrides, input_shape, weights and strategy apply to models built by name; build the "
                          f"model with them instead. Received: model=<keras.Model {call.model.name}>")
+    import keras
+
     keras.utils.set_random_seed(call.seed)
     data = call.data
     if not isinstance(data, ImageData):
         data = load_data(data, seed=call.seed, **(call.data_options or {}))
-    policy = recipes.resolve_precision(call.precision) if by_name else recipes.model_precision(call.model)
+    policy = resolve_precision(call.precision) if by_name else model_precision(call.model)
     return data, policy
 
 
@@ -193,8 +167,8 @@ def _open_run(call, model, data, policy):
     run.config = {
         "model": name, "data": data.spec or data.name, "data_options": {**(call.data_options or {}), "seed": call.seed},
         "input_shape": image_shape, "num_classes": num_classes, "class_names": data.class_names,
-        "precision": policy, "arguments": _jsonable_arguments(arguments), "versions": _versions(),
-        "machine": {"cpu": recipes._cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "precision": policy, "arguments": io.jsonable(arguments, other=repr), "versions": _versions(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
     }
     if "fine_tune" in previous:  # the run had reached phase 2
         if not call.fine_tune_epochs:
@@ -209,6 +183,8 @@ def _open_run(call, model, data, policy):
 def _fit(call, run, model, data, batches):
     """Train phase 1 (and a family's fine-tuning phase 2); the BestCheckpoint. TrainingDiverged on a NaN loss."""
     monitor = "val_accuracy" if batches.val is not None else "accuracy"
+    from keras_cnn.callbacks import BestCheckpoint
+
     best = BestCheckpoint(run, monitor)
     fit = functools.partial(_fit_epochs, call, run, model, data, batches, best)
     losses = []
@@ -228,6 +204,8 @@ def _fit(call, run, model, data, batches):
 def _fit_epochs(call, run, model, data, batches, best, first_epoch, last_epoch, *, last_phase, append):
     """`model.fit` from `first_epoch` to `last_epoch` with the run's callbacks: history.csv, the best checkpoint,
     the backup that makes the run resumable, and the caller's."""
+    import keras
+
     fit_callbacks = [  # in this order at each epoch's end: the backup marks the epoch finished, so it is last
         keras.callbacks.CSVLogger(run.file(runs.HISTORY_FILE), append=append),
         best,
@@ -304,7 +282,7 @@ def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping
     options.fraction("cutmix", cutmix)
     if mixup and cutmix:
         raise ValueError(f"use MixUp or CutMix, not both. Received: mixup={mixup}, cutmix={cutmix}")
-    if strategy not in STRATEGIES:
+    if strategy not in options.STRATEGIES:
         raise ValueError(f"`strategy` must be None or 'mirrored'. Received: strategy={strategy!r}")
     if early_stopping is not None:
         options.positive_int("early_stopping", early_stopping)
@@ -320,6 +298,8 @@ def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping
 
 def _build(name, policy, **kwargs):
     """Build under `policy` without leaving it as the process-wide default."""
+    import keras
+
     from keras_cnn.registry import build
 
     previous = keras.config.dtype_policy()
@@ -373,6 +353,7 @@ def _labels_for(model, dataset):
 
 def _training_batches(data, batch_size, image_shape, seed, mixup, cutmix, model):
     """Shuffled training batches, with MixUp or CutMix applied to (images, one-hot labels) batches."""
+    import keras
     import tensorflow as tf
 
     dataset = data.pipeline("train", batch_size=batch_size, image_shape=image_shape, training=True, seed=seed)
@@ -400,11 +381,8 @@ def _check_resume(run, name, data, image_shape, num_classes):
     return previous
 
 
-def _jsonable_arguments(arguments):
-    return json.loads(json.dumps(arguments, default=lambda value: repr(value)))
-
-
 def _versions():
+    import keras
     import tensorflow as tf
 
     import keras_cnn

@@ -497,3 +497,20 @@ def test_transfer_from_digits_0_5_beats_scratch_on_6_9(tmp_path):
                     for name, model in (("scratch", scratch), ("transfer", transferred))}
         margins.append(accuracy["transfer"] - accuracy["scratch"])
     assert min(margins) > 0 and np.mean(margins) > 0.1, margins
+
+
+@pytest.mark.parametrize("name", ["resnet18_transfer", "mobilenetv3small_transfer"])
+def test_a_transfer_model_without_its_top_ends_at_its_backbone(name):
+    shape = (8, 8, 1) if name in ZOO else (32, 32, 3)
+    headless = keras_cnn.build(name, input_shape=shape, include_top=False, **SMALL.get(name, {}))
+    full = keras_cnn.build(name, input_shape=shape, num_classes=4, **SMALL.get(name, {}))
+    assert headless.layers[-1].name == "backbone" and headless.output_shape == tuple(features(full).output.shape)
+    pooled = keras_cnn.build(name, input_shape=shape, include_top=False, pooling="avg", **SMALL.get(name, {}))
+    assert pooled.output_shape == (None, headless.output_shape[-1]) and pooled.layers[-1].name == "avg_pool"
+
+
+def test_the_zoo_backbone_is_the_zoo_model_without_its_top():
+    backbone = keras_cnn.build("resnet18_transfer", input_shape=(8, 8, 1), width=0.125).get_layer("backbone")
+    zoo = keras_cnn.build("resnet18", input_shape=(8, 8, 1), width=0.125, include_top=False)
+    assert [layer.name for layer in backbone.layers] == [layer.name for layer in zoo.layers]
+    assert backbone.output_shape == zoo.output_shape == (None, 1, 1, 64)

@@ -71,7 +71,7 @@ def test_the_hypermodel_builds_the_zoo_model_the_space_names():
     model = hypermodel(spaces.cnn).build(hp)
     assert model.get_layer("stage3_conv").strides == (2, 2) and "stage3_pool" not in [l.name for l in model.layers]
     assert model.get_layer("augment") is not None
-    assert isinstance(model.optimizer, keras_cnn.recipes.TorchSGD)  # the training recipes, not a copy
+    assert isinstance(model.optimizer, keras_cnn.optimizers.TorchSGD)  # the training recipes, not a copy
 
 
 def test_a_collapsing_configuration_fails_its_trial_before_anything_is_built(monkeypatch):

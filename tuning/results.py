@@ -158,11 +158,13 @@ def best_row(rows, objective):
 
 def table(rows, objective):
     """The trials as aligned text, the best one marked with *; `objective` is {"name": ..., "direction": ...}."""
+    from keras_cnn.tables import format_table
+
     best = best_row(rows, objective)
     score = objective["name"] != "val_accuracy"
     header = ["trial", *([objective["name"]] if score else []), "val acc", "params", "MACs", "TFLite KB", "ms b=1",
               "epochs", "s", "outcome", "hyperparameters"]
-    lines = [header]
+    lines = []
     for row in rows:
         lines.append([
             row["trial"] + ("*" if best and row["trial"] == best["trial"] else ""),
@@ -173,10 +175,7 @@ def table(rows, objective):
             " ".join(f"{key}={_number(value, '{:.3g}') if isinstance(value, float) else value}"
                      for key, value in row["hyperparameters"].items()),
         ])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(width) if i == 0 or i >= len(header) - 2 else cell.rjust(width)
-                      for i, (cell, width) in enumerate(zip(line, widths))).rstrip() for line in lines]
-    return "\n".join(text)
+    return format_table(header, lines, right=range(1, len(header) - 2))
 
 
 def _number(value, template):

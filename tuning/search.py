@@ -162,19 +162,15 @@ def _space_fingerprint(name, function):
     """The space's name and every hyperparameter it declares (names, types, ranges, conditions)."""
     hp = keras_tuner.HyperParameters()
     function(hp)
-    return _jsonable({"name": name, "hyperparameters": hp.get_config()["space"]})
+    return io.jsonable({"name": name, "hyperparameters": hp.get_config()["space"]})
 
 
 def _data_fingerprint(data):
     """Where the data comes from, its classes, shape and split sizes, and a hash of a sample of val images."""
     x, y = data.arrays("val", limit=64)
-    return _jsonable({"spec": data.spec or data.name, "class_names": data.class_names,
+    return io.jsonable({"spec": data.spec or data.name, "class_names": data.class_names,
                       "image_shape": data.image_shape, "sizes": data.sizes,
                       "val_sample_sha256": hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()})
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=lambda item: item.tolist() if hasattr(item, "tolist") else list(item)))
 
 
 def _open_folder(out, data_name, resume, settings, fingerprint):
@@ -184,7 +180,7 @@ def _open_folder(out, data_name, resume, settings, fingerprint):
             raise ValueError(f"resume needs the folder of an earlier search (with {SETTINGS_FILE}). "
                              f"Received: out={out!r}")
         previous = _read(out)
-        for key, value in _jsonable(fingerprint).items():
+        for key, value in io.jsonable(fingerprint).items():
             if previous["fingerprint"].get(key) != value:
                 raise ValueError(f"cannot resume {out} with a different {key}: it searched "
                                  f"{_describe(key, previous['fingerprint'].get(key))}. Received: "

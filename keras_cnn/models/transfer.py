@@ -46,6 +46,7 @@ import warnings
 from typing import NamedTuple
 
 from keras_cnn import options
+from keras_cnn.io import first_line, load_weights
 from keras_cnn.registry import Spec, register_model
 from keras_cnn.shapes import Op
 
@@ -190,10 +191,13 @@ def preferred_input(config, data_shape):
 # Building
 
 
-def build(config, *, name, num_classes, classifier_activation, weights=None):
+def build(config, *, name, weights=None, **top):
+    """The transfer model of `config` with `weights` for its backbone; `top` is `blocks.head`'s (num_classes,
+    classifier_activation, include_top, pooling)."""
     import keras
     from keras import layers
 
+    from keras_cnn import blocks
     from keras_cnn.augment import augmentation
 
     spec = BACKBONES[config["backbone"]]
@@ -213,7 +217,7 @@ def build(config, *, name, num_classes, classifier_activation, weights=None):
     if preprocess is not None:
         x = preprocess(x)
     x = backbone(x, training=False)
-    outputs = _head(x, config, num_classes=num_classes, classifier_activation=classifier_activation)
+    outputs = blocks.head(x, config, head_bn=config["batchnorm"], **top)
     model = keras.Model(inputs, outputs, name=name)
     if kind == "checkpoint":
         _load_weights(model, path)
@@ -257,14 +261,9 @@ def _backbone(spec, config, imagenet_file=None):
     shape = tuple(config["input_shape"])
     if spec.constructor.startswith("zoo:"):
         from keras_cnn import registry
-        from keras_cnn.models import resnet
 
-        zoo = spec.constructor[4:]
-        zoo_config = registry.resolve(zoo, {"width": config["width"]})
-        zoo_config["input_shape"] = shape
-        full = resnet.build(zoo_config, name=zoo, num_classes=2, classifier_activation=None)
-        last = f"stage{len(zoo_config['stage_filters'])}_block{zoo_config['stage_blocks'][-1]}_out"
-        return keras.Model(full.input, full.get_layer(last).output, name=BACKBONE_LAYER)
+        features = registry.build(spec.constructor[4:], input_shape=shape, include_top=False, width=config["width"])
+        return keras.Model(features.input, features.output, name=BACKBONE_LAYER)
     constructor = getattr(keras.applications, spec.constructor)
     kwargs = {}
     if spec.widths:
@@ -273,7 +272,7 @@ def _backbone(spec, config, imagenet_file=None):
         kwargs["include_preprocessing"] = True
     app = constructor(include_top=False, weights=None, input_shape=shape, **kwargs)
     if imagenet_file is not None:
-        _load_into(app, imagenet_file)
+        load_weights(app, imagenet_file)
     if spec.constructor.startswith("EfficientNet"):
         app = _fixed_normalization(app, imagenet=imagenet_file is not None)
     return keras.Model(app.input, app.output, name=BACKBONE_LAYER)
@@ -337,38 +336,8 @@ def _caffe_preprocess():
     return layer
 
 
-def _head(x, config, *, num_classes, classifier_activation):
-    """Pooling or flatten -> [BatchNorm] -> dense layers -> dropout -> `predictions` (always float32)."""
-    from keras import layers
-
-    from keras_cnn import blocks
-
-    if config["head"] == "flatten":
-        x = layers.Flatten(name="head_flatten")(x)
-    elif config["head"] == "gap":
-        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
-    else:
-        x = layers.GlobalMaxPooling2D(name="head_pool")(x)
-    if config["batchnorm"]:
-        x = blocks.batchnorm("head_bn")(x)
-    for i, units in enumerate(config["dense"], start=1):
-        x = layers.Dense(units, activation=config["activation"], name=f"head_dense{i}")(x)
-    if config["dropout"] > 0:
-        x = layers.Dropout(config["dropout"], name="head_dropout")(x)
-    return layers.Dense(num_classes, activation=classifier_activation, dtype="float32", name="predictions")(x)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Weights
-
-
-def _load_into(model, path):
-    """`model.load_weights(path)`, a mismatch explained in one line."""
-    try:
-        model.load_weights(path)
-    except (ValueError, KeyError, OSError) as error:
-        raise ValueError(f"cannot load weights from {path} into the {model.name} backbone: the file does not match "
-                         f"this architecture ({_first_line(error)}). Received: weights={str(path)!r}") from None
 
 
 def _load_weights(model, source):
@@ -394,9 +363,9 @@ def _load_weights(model, source):
             skipped = [str(w.message) for w in caught if "freshly-initialized" in str(w.message)]
             if not skipped:
                 return
-            errors.append(_first_line(skipped[0]))
+            errors.append(first_line(skipped[0]))
         except (ValueError, KeyError, OSError) as error:
-            errors.append(_first_line(error))
+            errors.append(first_line(error))
     raise ValueError(f"cannot load weights from {source} into {model.name}: the file holds neither the weights of its "
                      f"backbone ({errors[0]}) nor of this whole model ({errors[1]}). Received: weights={source!r}")
 
@@ -448,11 +417,6 @@ def save_backbone_weights(model, path):
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
-
-
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -580,7 +544,7 @@ def download_weights(name, input_shape=None, width=None):
         getattr(keras.applications, spec.constructor)(include_top=False, weights="imagenet", input_shape=shape,
                                                       **kwargs)
     except Exception as error:  # get_file raises a bare Exception for URL and HTTP failures
-        raise WeightsUnavailable(_missing_message(model, path, _first_line(error))) from None
+        raise WeightsUnavailable(_missing_message(model, path, first_line(error))) from None
     finally:
         socket.setdefaulttimeout(previous)
     if not os.path.isfile(path):
