@@ -266,7 +266,7 @@ def cmd_tune(args):
 
 def cmd_weights_download(args):
     _quiet_tensorflow()
-    from keras_cnn.models.transfer import download_weights
+    from keras_cnn.pretrained import download_weights
 
     print(download_weights(args.name))
 

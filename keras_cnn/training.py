@@ -77,8 +77,9 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         num_classes: 1 for a single sigmoid unit on two-class data; default: the data's class count.
         weights: initial weights of a model built by name (`keras_cnn.build`'s `weights`; for transfer
             models the backbone's: "imagenet", a weights file, a .keras model or a run folder).
-        fine_tune_epochs: transfer models: after `epochs` with the backbone frozen, this many epochs with its
-            top `unfreeze` blocks trainable (BatchNorm stays frozen), recompiled at 1/100 of the learning rate.
+        fine_tune_epochs: a second phase, for families that have one (`fine_tune`; transfer models): after
+            `epochs` with the backbone frozen, this many epochs with its top `unfreeze` blocks trainable
+            (BatchNorm stays frozen), recompiled at the rate the family sets (transfer: 1/100).
         unfreeze: backbone blocks to fine-tune, counted from the top (`keras_cnn.models.transfer.unfreeze`);
             None = the whole backbone.
         callbacks: extra Keras callbacks (e.g. to time epochs). Cheap models run several steps per call
@@ -86,7 +87,7 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         verbose: Keras's fit verbosity; "auto" is a progress bar on a terminal, one line per epoch otherwise.
         **overrides: variant options for a model built by name (`augment="basic"`, `dropout=0.3`, ...).
     """
-    call = types.SimpleNamespace(**locals())
+    call = types.SimpleNamespace(**locals())  # the arguments, which every step reads
     data, policy = _prepare(call)
     started = time.perf_counter()
     with _distribution(strategy).scope():

@@ -20,7 +20,7 @@ import keras
 import pytest
 
 import keras_cnn
-from keras_cnn import cli, io, runs, training
+from keras_cnn import cli, io, runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -25,6 +25,13 @@ workers ask it for trials, configured by KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_
 and KERASTUNER_ORACLE_PORT. `distributed=True` starts the chief (listening on
 127.0.0.1 unless KERASTUNER_ORACLE_IP says otherwise) and `workers` workers on this
 machine; more machines join with `python -m tuning FOLDER` (see README "Tuning").
+
+keras-tuner's private API is used in this module only, each use pinned by a test in tests/test_tuning.py
+("private API") that fails when a keras-tuner release changes it (written for keras-tuner 1.4):
+`BaseTuner._populate_initial_space` and `Tuner._build_and_fit_model` are overridden (`ZooTuner`),
+`Tuner.__init__` is called past the concrete tuners' constructors, and `HyperbandOracle.end_trial` reads
+`_get_size`, `_get_num_brackets` and `_brackets`. (`tuning.results` reads trials with the public
+`keras_tuner.engine.trial.Trial.load`.)
 """
 import contextlib
 import hashlib
