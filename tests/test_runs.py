@@ -1,6 +1,8 @@
 """The run folder's one owner, `keras_cnn.runs.Run`: what `train` returns is what `evaluate`, `export`, `predict`
 and the CLI take, and a path works wherever a `Run` does."""
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -64,9 +66,20 @@ def test_the_cli_reruns_a_config(trained, tmp_path, capsys):
     assert again.config["arguments"]["seed"] == 3 and again.config["test_accuracy"] == trained.config["test_accuracy"]
 
 
-def test_a_run_folder_of_the_current_layout_reads_unchanged(run_dir):
-    run = keras_cnn.load(run_dir)
-    assert run.config["model"] == "small" and run.class_names[0] == "d0" and run.model.input_shape == (None, 8, 8, 1)
+def test_a_run_folder_written_before_runs_existed_reads_unchanged(run_dir, tmp_path):
+    """config.json and labels.txt as `train` wrote them by hand (json.dump, one name a line), read through Run."""
+    folder = tmp_path / "old"
+    folder.mkdir()
+    shutil.copy(os.path.join(run_dir, "model.keras"), folder / "model.keras")
+    config = {"model": "small", "data": "digits", "data_options": {"seed": 0}, "input_shape": [8, 8, 1],
+              "num_classes": 10, "class_names": [f"d{i}" for i in range(10)], "precision": "float32",
+              "arguments": {"epochs": 2, "seed": 0, "overrides": {"width": 0.25}, "out": "x", "verbose": 0}}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "labels.txt").write_text("\n".join(config["class_names"]) + "\n")
+    run = keras_cnn.load(folder)
+    assert run.config == config and run.class_names[0] == "d0" and run.model.input_shape == (None, 8, 8, 1)
+    assert run.rerun_arguments() == {"width": 0.25, "epochs": 2, "seed": 0, "model": "small", "data": "digits"}
+    assert keras_cnn.evaluate(str(folder)).num_examples == keras_cnn.load_data("digits").sizes["test"]
 
 
 def test_not_a_run_folder_says_what_is_missing(tmp_path):
