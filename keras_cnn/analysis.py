@@ -49,17 +49,17 @@ class Summary:
         return json.dumps(self.to_dict(), indent=2)
 
     def __str__(self):
+        from keras_cnn.tables import format_table
+
         header = ("layer", "type", "output", "kernel/stride", "params", "MACs", "RF", "jump", "note")
-        lines = [header]
+        lines = []
         for r in self.rows:
             geometry = f"{_pair(r.kernel)}/{_pair(r.stride)} {r.padding}" if r.kernel else ""
             if r.dilation and r.dilation != (1, 1):
                 geometry += f" d{_pair(r.dilation)}"
             lines.append((r.name, r.type, "x".join(map(str, r.output_shape)), geometry, f"{r.params:,}",
                           f"{r.macs:,}", _blank(r.receptive_field), _blank(r.jump), r.note))
-        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-        text = ["  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
-        text.insert(1, "-" * len(text[0]))
+        text = [format_table(header, lines, rule=True)]
         text.append(f"{self.model}: input {'x'.join(map(str, self.input_shape))}, {self.total_params:,} parameters "
                     f"({self.trainable_params:,} trainable), {self.total_macs:,} multiply-accumulates per image")
         return "\n".join(text)

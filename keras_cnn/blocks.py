@@ -2,7 +2,9 @@
 
 Naming scheme: `<prefix>_conv`, `<prefix>_bn`, `<prefix>_act`, `<prefix>_pool`
 for a block called `<prefix>` (`stem`, `stage2`, `stage3_block1` ...), and
-`head_pool`/`head_flatten`, `head_dense<i>`, `head_dropout`, `predictions`.
+`head_pool`/`head_flatten`, [`head_bn`], `head_dense<i>`, `head_dropout`, `predictions`; without the
+top (`include_top=False`) a model ends at its last feature map, or at `avg_pool` / `max_pool`
+(`pooling="avg"` / `"max"`), as keras.applications names them.
 """
 import keras
 from keras import layers
@@ -80,8 +82,14 @@ def pool(x, kind, name):
     return layer(pool_size=2, strides=2, name=name)(x)
 
 
-def head(x, config, *, num_classes, classifier_activation):
-    """Flatten / global pooling -> dense layers -> dropout -> `predictions` (always float32)."""
+def head(x, config, *, num_classes, classifier_activation, include_top=True, pooling=None, head_bn=False):
+    """The top: flatten / global pooling -> [BatchNorm] -> dense layers -> dropout -> `predictions` (always float32).
+
+    Without it (`include_top=False`), the features: `x` itself, or pooled with `pooling` ("avg" or "max").
+    `head_bn` adds BatchNorm on the pooled features (the transfer family's `batchnorm` option).
+    """
+    if not include_top:
+        return features(x, pooling)
     kind = config["head"]
     if kind == "flatten":
         x = layers.Flatten(name="head_flatten")(x)
@@ -89,9 +97,20 @@ def head(x, config, *, num_classes, classifier_activation):
         x = layers.GlobalAveragePooling2D(name="head_pool")(x)
     else:
         x = layers.GlobalMaxPooling2D(name="head_pool")(x)
+    if head_bn:
+        x = batchnorm("head_bn")(x)
     dense_activation = config.get("dense_activation") or config["activation"]
     for i, units in enumerate(config.get("dense", ()), start=1):
         x = layers.Dense(units, activation=dense_activation, name=f"head_dense{i}")(x)
     if config["dropout"] > 0:
         x = layers.Dropout(config["dropout"], name="head_dropout")(x)
     return layers.Dense(num_classes, activation=classifier_activation, dtype="float32", name="predictions")(x)
+
+
+def features(x, pooling=None):
+    """A headless model's output: the feature map `x`, or its global average or max (`pooling`)."""
+    if pooling == "avg":
+        return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x

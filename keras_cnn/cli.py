@@ -11,40 +11,52 @@ import logging
 import os
 import sys
 
-# Errors that describe bad input, a file system problem (missing, not writable, full) or a diverged run rather
-# than a bug: shown as one line.
-USER_ERRORS = (ValueError, OSError, RuntimeError)
+# Errors that describe bad input, a file system problem (missing, not writable, full) or a diverged run
+# (`TrainingDiverged` is a ValueError) rather than a bug: shown as one line. Anything else is a bug, shown as one
+# line that says how to see its traceback.
+USER_ERRORS = (ValueError, OSError)
 LOG_HANDLER = "keras_cnn.cli"
 
-# `keras-cnn train` options: name -> (flags, argparse keywords). The names are `keras_cnn.train` keywords,
-# so `--config RUN/config.json` can fill any of them from a previous run.
-TRAIN_OPTIONS = {
-    "epochs": (("--epochs",), dict(type=int, help="training epochs (default 30)")),
-    "batch_size": (("--batch-size",), dict(type=int, help="batch size (default 128)")),
-    "recipe": (("--recipe",), dict(choices=("sgd", "adam"), help="sgd: seed 003's SGD momentum 0.9, lr 0.1 "
-                                   "cosine, L2 5e-4 (default); adam: Adam 1e-3")),
-    "learning_rate": (("--lr",), dict(type=float, help="peak learning rate (default: the recipe's)")),
-    "label_smoothing": (("--label-smoothing",), dict(type=float, help="label smoothing, e.g. 0.1")),
-    "precision": (("--precision",), dict(choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-                                         help="auto (default) measures what is fastest on this machine")),
-    "mixup": (("--mixup",), dict(type=float, help="MixUp alpha on batches, e.g. 0.2 (default off)")),
-    "cutmix": (("--cutmix",), dict(type=float, help="CutMix strength on batches, e.g. 1.0 (default off)")),
-    "seed": (("--seed",), dict(type=int, help="seed for weights, data order and augmentation (default 0)")),
-    "early_stopping": (("--early-stopping",), dict(type=int, metavar="PATIENCE", help="stop after PATIENCE "
-                                                   "epochs without improvement")),
-    "tensorboard": (("--tensorboard",), dict(action="store_true", default=None, help="write TensorBoard logs")),
-    "strategy": (("--strategy",), dict(choices=("mirrored",), help="data-parallel training over local devices")),
-    "class_weights": (("--class-weights",), dict(action="store_true", default=None,
-                                                 help="weight classes by inverse frequency (imbalanced data)")),
-    "input_shape": (("--input-shape",), dict(type=int, nargs=3, metavar=("H", "W", "C"),
-                                             help="model input (default: the data's, resized up if needed)")),
-    "weights": (("--weights",), dict(help="initial weights: a .weights.h5 file; for *_transfer models the "
-                                     "backbone's: imagenet, a weights file, a .keras model or a run folder")),
-    "fine_tune_epochs": (("--fine-tune-epochs",), dict(type=int, help="transfer models: epochs of phase 2, with "
-                                                       "the top backbone blocks unfrozen at 1/100 of the lr")),
-    "unfreeze": (("--unfreeze",), dict(type=int, metavar="BLOCKS", help="transfer models: backbone blocks to "
-                                       "fine-tune, from the top (default: all)")),
-}
+
+def train_options():
+    """`keras-cnn train` options: name -> (flags, argparse keywords). The names are `keras_cnn.train` keywords, so
+    `--config RUN/config.json` can fill any of them from a previous run; choices and defaults are the library's."""
+    import inspect
+
+    from keras_cnn import options, precision, recipes
+    from keras_cnn.training import train
+
+    default = {name: parameter.default for name, parameter in inspect.signature(train).parameters.items()}
+    return {
+        "epochs": (("--epochs",), dict(type=int, help=f"training epochs (default {default['epochs']})")),
+        "batch_size": (("--batch-size",), dict(type=int, help=f"batch size (default {default['batch_size']})")),
+        "recipe": (("--recipe",), dict(choices=recipes.RECIPES, help="sgd: seed 003's SGD momentum 0.9, lr 0.1 "
+                                       f"cosine, L2 5e-4; adam: Adam 1e-3 (default {default['recipe']})")),
+        "learning_rate": (("--lr",), dict(type=float, help="peak learning rate (default: the recipe's)")),
+        "label_smoothing": (("--label-smoothing",), dict(type=float, help="label smoothing, e.g. 0.1 (default "
+                                                         f"{default['label_smoothing']})")),
+        "precision": (("--precision",), dict(choices=precision.PRECISIONS, help="auto measures what is fastest on "
+                                             f"this machine (default {default['precision']})")),
+        "mixup": (("--mixup",), dict(type=float, help="MixUp alpha on batches, e.g. 0.2 (default off)")),
+        "cutmix": (("--cutmix",), dict(type=float, help="CutMix strength on batches, e.g. 1.0 (default off)")),
+        "seed": (("--seed",), dict(type=int, help="seed for weights, data order and augmentation "
+                                   f"(default {default['seed']})")),
+        "early_stopping": (("--early-stopping",), dict(type=int, metavar="PATIENCE", help="stop after PATIENCE "
+                                                       "epochs without improvement")),
+        "tensorboard": (("--tensorboard",), dict(action="store_true", default=None, help="write TensorBoard logs")),
+        "strategy": (("--strategy",), dict(choices=[s for s in options.STRATEGIES if s],
+                                           help="data-parallel training over local devices")),
+        "class_weights": (("--class-weights",), dict(action="store_true", default=None,
+                                                     help="weight classes by inverse frequency (imbalanced data)")),
+        "input_shape": (("--input-shape",), dict(type=int, nargs=3, metavar=("H", "W", "C"),
+                                                 help="model input (default: the data's, resized up if needed)")),
+        "weights": (("--weights",), dict(help="initial weights: a .weights.h5 file; for *_transfer models the "
+                                         "backbone's: imagenet, a weights file, a .keras model or a run folder")),
+        "fine_tune_epochs": (("--fine-tune-epochs",), dict(type=int, help="transfer models: epochs of phase 2, "
+                                                           "with the top backbone blocks unfrozen at 1/100 of the lr")),
+        "unfreeze": (("--unfreeze",), dict(type=int, metavar="BLOCKS", help="transfer models: backbone blocks to "
+                                           "fine-tune, from the top (default: all)")),
+    }
 
 
 # TensorFlow prints start-up notices (oneDNN's, on AVX-512 CPUs) through absl before its logging is set up,
@@ -123,10 +135,10 @@ def cmd_describe(args):
 
 def cmd_show(args):
     _quiet_tensorflow()
-    from keras_cnn import io, viz
+    from keras_cnn import io, runs, viz
 
     if os.path.isdir(args.source):
-        model, folder = io.load(args.source).model, args.source
+        model, folder = runs.load(args.source).model, args.source
     else:
         model, folder = io.load_model(args.source), os.path.dirname(os.path.abspath(args.source))
     out = args.out or folder
@@ -162,24 +174,19 @@ def _data_options(args):
 
 def cmd_train(args):
     _quiet_tensorflow()
+    from keras_cnn import runs
     from keras_cnn.training import train
 
     kwargs = {"data": "digits"}
     if args.config:
-        with open(args.config) as handle:
-            previous = json.load(handle)
-        arguments = dict(previous["arguments"])
-        for ignored in ("out", "resume", "verbose"):  # a rerun gets a new folder and its own progress bar
-            arguments.pop(ignored, None)
-        kwargs.update(arguments.pop("overrides", None) or {}, **arguments)
-        kwargs.update(model=previous["model"], data=previous["data"])
+        kwargs.update(runs.open_run(args.config).rerun_arguments())
     elif not args.model:
         raise ValueError("name a model to train (see `keras-cnn list`) or pass --config RUN_DIR/config.json")
     if args.model:
         kwargs["model"] = args.model
     if args.data:
         kwargs["data"] = args.data
-    kwargs.update({name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None})
+    kwargs.update({name: getattr(args, name) for name in train_options() if getattr(args, name) is not None})
     kwargs.update(_overrides(args.set))
     if args.augment is not None:
         kwargs["augment"] = args.augment
@@ -193,7 +200,7 @@ def cmd_train(args):
     if args.export:
         from keras_cnn.exporting import export
 
-        export(run.path, formats=args.export)
+        export(run, formats=args.export)
 
 
 def _csv(text):
@@ -204,13 +211,11 @@ def cmd_export(args):
     _quiet_tensorflow()
     from keras_cnn.exporting import export
 
+    from keras_cnn import runs
+
     data = None
     if args.data or _data_options(args):
-        from keras_cnn.data import load_data
-
-        with open(os.path.join(args.run, "config.json")) as handle:
-            config = json.load(handle)
-        data = load_data(args.data or config["data"], **{**config.get("data_options", {}), **_data_options(args)})
+        data = runs.open_run(args.run).load_data(args.data, **_data_options(args))
     export(args.run, args.out, formats=args.formats, quantize=args.quantize, data=data, io=args.io,
            max_accuracy_drop=args.max_accuracy_drop, rescue=args.rescue, author=args.author, license=args.license,
            converter=args.converter)
@@ -228,16 +233,13 @@ def cmd_predict(args):
 
 def cmd_evaluate(args):
     _quiet_tensorflow()
+    from keras_cnn import runs
     from keras_cnn.evaluation import evaluate
-    from keras_cnn.io import load
 
-    run = load(args.run)
+    run = runs.load(args.run)
     data = None
     if args.data or _data_options(args):
-        from keras_cnn.data import load_data
-
-        data = load_data(args.data or run.config["data"], **{**run.config.get("data_options", {}),
-                                                             **_data_options(args)})
+        data = run.load_data(args.data, **_data_options(args))
     print(evaluate(run, data, split=args.split, tta=args.tta))
 
 
@@ -265,7 +267,7 @@ def cmd_tune(args):
 
 def cmd_weights_download(args):
     _quiet_tensorflow()
-    from keras_cnn.models.transfer import download_weights
+    from keras_cnn.pretrained import download_weights
 
     print(download_weights(args.name))
 
@@ -292,6 +294,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser():
+    from keras_cnn import options
+
     p = _Parser(
         prog="keras-cnn",
         description="A Keras 3 model zoo of the classic tutorial CNNs: list, describe, train, evaluate, "
@@ -341,14 +345,14 @@ def parser():
                        "--epochs 30 --augment basic --recipe sgd --out saved_models/deeper-cifar10")
     s.add_argument("model", nargs="?", help="a registered model name (see `keras-cnn list`)")
     _add_data_arguments(s, "default: digits, offline")
-    for name, (flags, keywords) in TRAIN_OPTIONS.items():
+    for name, (flags, keywords) in train_options().items():
         s.add_argument(*flags, dest=name, **keywords)
-    s.add_argument("--augment", choices=("none", "basic", "strong", "cutout"), help="augmentation preset")
+    s.add_argument("--augment", choices=options.AUGMENT_PRESETS, help="augmentation preset")
     s.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model override, e.g. --set dropout=0.3")
     s.add_argument("--out", help="run folder (default saved_models/<model>-<data>-<time>)")
     s.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    s.add_argument("--config", metavar="CONFIG_JSON", help="rerun a previous run: RUN_DIR/config.json")
+    s.add_argument("--config", metavar="CONFIG_JSON", help="rerun a previous run: RUN_DIR/config.json (or RUN_DIR)")
     s.add_argument("--export", type=_csv, metavar="FORMATS",
                    help="then export and verify the run: saved_model, tflite, onnx (comma-separated; TFLite as "
                    "float32 and int8), as `keras-cnn export RUN --formats FORMATS`")
@@ -471,6 +475,13 @@ def main(argv=None):
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"keras-cnn: error: {message}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug: say so, and how to see where it happened
+        if args.debug:
+            raise
+        message = " ".join(str(error).split()[:40])
+        print(f"keras-cnn: internal error: {type(error).__name__}: {message} (a bug in keras-cnn, not in what you "
+              "asked for: rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("keras-cnn: interrupted", file=sys.stderr)
         return 130

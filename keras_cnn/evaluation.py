@@ -84,28 +84,25 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
     """Evaluate a model (or a run folder) on a data split; with a run folder, update its metrics.json.
 
     Args:
-        model_or_run: a `keras.Model`, a run folder path, or a `keras_cnn.io.Run`.
+        model_or_run: a `keras.Model`, a run folder path, or a `keras_cnn.runs.Run` (what `train` returns).
         data: a data spec or `ImageData`; defaults to the run's own data.
         split: "test" (default), "val" or "train".
         out: a folder to write `metrics.json` and `confusion_matrix.png` to (default: the run folder,
             when evaluating on the run's own data without test-time augmentation).
         tta: None, or "flip" to average each image's prediction with its mirror image's.
     """
-    from keras_cnn import io, viz
+    from keras_cnn import io, runs, viz
     from keras_cnn.data import ImageData, load_data
 
     _check_tta(tta)  # before the slow part: loading the model and the data
-    run = io.load(model_or_run) if isinstance(model_or_run, str) else model_or_run
-    model = run.model if isinstance(run, io.Run) else run
-    own_data = data is None and isinstance(run, io.Run)
-    if data is None:
-        if not isinstance(run, io.Run):
-            raise ValueError("evaluating a bare model needs `data`. Received: data=None")
-        data = run.config["data"]
+    run = runs.as_run(model_or_run) if runs.is_run(model_or_run) else None
+    model = run.model if run else model_or_run
+    own_data = data is None and run is not None
+    if data is None and run is None:
+        raise ValueError("evaluating a bare model needs `data`. Received: data=None")
     if not isinstance(data, ImageData):
-        options = run.config.get("data_options", {}) if isinstance(run, io.Run) else {}
-        data = load_data(data, **options)
-    class_names = run.class_names if isinstance(run, io.Run) else data.class_names
+        data = run.load_data(data) if run else load_data(data)
+    class_names = run.class_names if run else data.class_names
     check_compatible(model, data)
     dataset = data.pipeline(split, batch_size=batch_size, image_shape=tuple(model.input_shape[1:]))
     result = report(*predict_probabilities(model, dataset, tta), class_names, split, tta)

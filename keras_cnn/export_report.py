@@ -5,6 +5,7 @@ import os
 
 from keras_cnn import tflite_metadata
 from keras_cnn.prediction import SIGNATURE
+from keras_cnn.tables import format_table
 
 
 @dataclasses.dataclass
@@ -31,19 +32,13 @@ class ExportReport:
         """The rows as a text table; flagged rows in red when `color`."""
         header = ("artifact", "format", "quant", "size KB", "top-1 %", "agree %", "max |dp|", "ms (b=1)", "client",
                   "")
-        lines = [header]
-        for row in self.rows:
-            lines.append((row["artifact"], row["format"], row["quantization"], _fixed(row["size_kb"], 1),
-                          _fixed(row["accuracy_pct"], 2), _fixed(row["agreement_pct"], 2),
-                          f"{row['max_abs_diff']:.1e}", _fixed(row["latency_ms"], 2), _client_cell(row.get("client")),
-                          f"FLAG: top-1 -{row['accuracy_drop_pts']:.2f} pts" if row["flagged"] else ""))
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        left = (0, 1, 2, 8, 9)  # text columns; the numbers are right-aligned
-        text = []
-        for line, row in zip(lines, [None, *self.rows]):
-            cells = [cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))]
-            out = "  ".join(cells).rstrip()
-            text.append(f"\033[31m{out}\033[0m" if color and row and row["flagged"] else out)
+        lines = [(row["artifact"], row["format"], row["quantization"], _fixed(row["size_kb"], 1),
+                  _fixed(row["accuracy_pct"], 2), _fixed(row["agreement_pct"], 2), f"{row['max_abs_diff']:.1e}",
+                  _fixed(row["latency_ms"], 2), _client_cell(row.get("client")),
+                  f"FLAG: top-1 -{row['accuracy_drop_pts']:.2f} pts" if row["flagged"] else "")
+                 for row in self.rows]
+        flagged = [i for i, row in enumerate(self.rows) if row["flagged"]] if color else ()
+        text = [format_table(header, lines, right=range(3, 8), red_rows=flagged)]
         text.append(f"{self.test_images} {self.test_data}; agreement and max |dp| against the float32 Keras "
                     f"rebuild of {self.model}, which agrees with the {self.precision} source model on "
                     f"{self.source_agreement_pct:.2f}% of them; client: MediaPipe ImageClassifier's top-1 "

@@ -155,19 +155,19 @@ def _resolve(source, data, class_names):
     import keras
 
     from keras_cnn.evaluation import check_compatible
-    from keras_cnn.io import load
-    from keras_cnn.recipes import model_precision
+    from keras_cnn import runs
+    from keras_cnn.precision import model_precision
 
     if isinstance(source, keras.Model):
         model, name, run_dir = source, source.name, None
         image_data = _image_data(data)
-    elif isinstance(source, (str, os.PathLike)):
-        run = load(source)
-        model, run_dir, class_names = run.model, str(source), class_names or run.class_names
+    elif runs.is_run(source):
+        run = runs.as_run(source)
+        model, run_dir, class_names = run.model, run.path, class_names or run.class_names
         name = run.config.get("model", model.name)
         image_data = _image_data(data) if data is not None else _run_data(run)
     else:
-        raise ValueError(f"export takes a run folder or a keras.Model. Received: source={type(source).__name__}")
+        raise ValueError(f"export takes a run (folder) or a keras.Model. Received: source={type(source).__name__}")
     if image_data is not None:
         check_compatible(model, image_data)
     class_names = class_names or (image_data.class_names if image_data else None)
@@ -181,15 +181,11 @@ def _image_data(data):
 
 
 def _run_data(run):
-    """The data a run was trained on, split with its training seed, from its config.json (None if it names none)."""
-    from keras_cnn.data import load_data
-
-    spec = run.config.get("data")
-    if spec is None:
+    """The data a run was trained on, split with its training seed (None if its config names none)."""
+    if run.data_spec is None:
         return None
-    options = {"seed": run.config.get("arguments", {}).get("seed", 0), **run.config.get("data_options", {})}
     try:
-        return load_data(spec, **options)
+        return run.load_data()
     except (ValueError, FileNotFoundError) as error:
         raise ValueError(f"cannot load the data of {run.path} for calibration and verification; pass data= "
                          f"to use other data. {error}") from None

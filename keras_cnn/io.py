@@ -1,4 +1,4 @@
-"""Loading and saving: safe model loading, run folders, atomic writes.
+"""Loading and saving: safe model loading, new folders, atomic writes.
 
 Every file this project writes goes to a temporary name in the same folder
 first and is moved into place with `os.replace`, so an interrupted run never
@@ -7,14 +7,12 @@ process killed mid-write leaves only a temporary (`is_temporary`), which
 `remove_temporaries` deletes when the run is resumed.
 """
 import contextlib
-import dataclasses
 import json
 import os
 import re
 import tempfile
 import zipfile
 
-RUN_FILES = ("model.keras", "config.json", "labels.txt")
 # What `atomic_path` names its temporaries: ".<final name>.<8 random characters><extension or .tmp>".
 _TEMPORARY = re.compile(r"\.(?P<base>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)")
 _UMASK = os.umask(0)
@@ -89,14 +87,22 @@ def write_text(path, text):
 
 
 def write_json(path, data):
-    write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+    write_text(path, json.dumps(data, indent=2, default=_plain) + "\n")
 
 
-def _jsonable(value):
+def jsonable(value, *, other=None):
+    """`value` as JSON reads it back: NumPy scalars and arrays as numbers and lists, tuples and sets as lists;
+    any other object through `other(object)` (e.g. `repr`), or a TypeError without it."""
+    return json.loads(json.dumps(value, default=lambda item: _plain(item, other)))
+
+
+def _plain(value, other=None):
     if hasattr(value, "tolist"):  # NumPy scalars and arrays
         return value.tolist()
     if isinstance(value, (set, tuple)):
         return list(value)
+    if other is not None:
+        return other(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
@@ -112,7 +118,7 @@ def load_model(path):
 
     import keras_cnn.augment  # noqa: F401  registers the custom layers and optimizer
     import keras_cnn.layers  # noqa: F401
-    import keras_cnn.recipes  # noqa: F401
+    import keras_cnn.optimizers  # noqa: F401
 
     path = str(path)
     received = f"Received: path={path!r}"
@@ -149,33 +155,3 @@ def first_line(error):
     """The first line of an exception's message (its type name if it has none), for one-line errors."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-@dataclasses.dataclass
-class Run:
-    """A trained run folder: its model, class names and the config that produced it."""
-
-    path: str
-    model: object
-    class_names: list
-    config: dict
-
-
-def load(run_dir):
-    """Load a run folder written by `keras_cnn.train` (model.keras, config.json, labels.txt)."""
-    run_dir = str(run_dir)
-    received = f"Received: run_dir={run_dir!r}"
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"run folder not found: {run_dir}. {received}")
-    missing = [name for name in RUN_FILES if not os.path.isfile(os.path.join(run_dir, name))]
-    if missing:
-        raise ValueError(f"{run_dir} is not a keras-cnn run folder: it has no {', '.join(missing)}. {received}")
-    with open(os.path.join(run_dir, "config.json")) as handle:
-        try:
-            config = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{run_dir}/config.json is not valid JSON ({error}). {received}") from None
-    with open(os.path.join(run_dir, "labels.txt"), encoding="utf-8") as handle:
-        class_names = [line.rstrip("\n") for line in handle if line.strip()]
-    model = load_model(os.path.join(run_dir, "model.keras"))
-    return Run(run_dir, model, class_names, config)

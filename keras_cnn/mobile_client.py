@@ -80,7 +80,7 @@ def check(path, images, expected, class_names, input_dtype):
 def artifact(path):
     """A `.tflite` file as a `keras_cnn.prediction.Artifact` that classifies through MediaPipe, with the class
     names packed in the file: what `predict(..., client="mediapipe")` runs."""
-    from keras_cnn.prediction import Artifact, interpreter
+    from keras_cnn.artifact import Artifact, interpreter
 
     path = str(path)
     received = f"Received: artifact={path!r}"

@@ -10,6 +10,8 @@ HEADS = ("flatten", "gap", "gmp")
 DOWNSAMPLES = ("maxpool", "avgpool", "stride")
 PADDINGS = ("valid", "same")
 AUGMENT_PRESETS = ("none", "basic", "strong", "cutout")
+POOLINGS = (None, "avg", "max")
+STRATEGIES = (None, "mirrored")  # of `keras_cnn.train`: one device, or data-parallel over the local ones  # of a model without its top, as keras.applications names them
 
 
 def fail(message, name, value):
@@ -87,6 +89,14 @@ def num_classes(value):
 
 def classifier_activation(value):
     return None if value is None else choice(("softmax", "sigmoid"))("classifier_activation", value)
+
+
+def top(include_top, pooling):
+    """`include_top` True or False; `pooling` None, "avg" or "max", and only without the top (as keras.applications)."""
+    boolean("include_top", include_top)
+    choice(POOLINGS)("pooling", pooling)
+    if include_top and pooling is not None:
+        fail("`pooling` applies to a model without its top (include_top=False)", "pooling", pooling)
 
 
 def scaled(filters, width):

@@ -19,33 +19,14 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable
 
 import numpy as np
 
+from keras_cnn.artifact import Artifact, interpreter
 from keras_cnn.io import first_line
 
 _WARMUP = 3  # untimed calls before a latency measurement
 SIGNATURE = "serve"  # the SavedModel / TFLite signature keras_cnn.exporting writes
-_BATCH = 256  # images per runtime call when predicting many at once
-
-
-@dataclasses.dataclass
-class Artifact:
-    """A loaded model in its own runtime: float32 (N, H, W, C) images in [0, 255] -> probabilities."""
-
-    path: str
-    kind: str  # "keras", "saved_model", "tflite" or "onnx"
-    input_shape: tuple  # (H, W, C)
-    class_names: list
-    run: Callable = dataclasses.field(repr=False)  # one batch -> raw outputs, dequantized
-    tensors: dict = dataclasses.field(default_factory=dict)  # {"input"/"output": name, shape, dtype, quantization}
-
-    def probabilities(self, images):
-        """Class probabilities for a float32 batch, in chunks; one sigmoid unit becomes [1 - p, p]."""
-        images = np.asarray(images, dtype=np.float32)
-        outputs = np.concatenate([self.run(images[i:i + _BATCH]) for i in range(0, len(images), _BATCH)])
-        return np.concatenate([1.0 - outputs, outputs], axis=1) if outputs.shape[1] == 1 else outputs
 
 
 @dataclasses.dataclass
@@ -68,8 +49,8 @@ CLIENTS = (None, "mediapipe")
 def predict(artifact, images, top=3, client=None):
     """Top-`top` (label, probability) per image, as a list of `Prediction` in the order given.
 
-    `artifact` is a run folder, a `.keras` file, a SavedModel folder, a `.tflite` or `.onnx` file (or an
-    `Artifact` from `load_artifact`); `images` is one path or a list of paths and/or numpy images in
+    `artifact` is a run folder (or the `Run` `keras_cnn.train` returns), a `.keras` file, a SavedModel folder, a
+    `.tflite` or `.onnx` file (or an `Artifact` from `load_artifact`); `images` is one path or a list of paths and/or numpy images in
     [0, 255]. Bad images are reported in their `Prediction.error`; nothing is raised for them.
     `client="mediapipe"` classifies a `.tflite` file with MediaPipe Tasks' `ImageClassifier` instead of
     LiteRT, reading the normalization and class names from the file's metadata alone (images are decoded
@@ -106,7 +87,12 @@ def predict(artifact, images, top=3, client=None):
 
 
 def load_artifact(path):
-    """Load `path` in its own runtime: run folder / `.keras`, SavedModel folder, `.tflite` or `.onnx`."""
+    """Load `path` in its own runtime: run folder (or `Run`) / `.keras`, SavedModel folder, `.tflite` or `.onnx`."""
+    from keras_cnn import runs
+
+    if isinstance(path, runs.Run):
+        run = runs.as_run(path)
+        return keras_artifact(run.model, run.class_names, run.path)
     path = str(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"artifact not found: {path}. Received: artifact={path!r}")
@@ -161,10 +147,10 @@ def sidecar_path(artifact_path):
 
 
 def _load_keras(path):
-    from keras_cnn import io
+    from keras_cnn import io, runs
 
     if os.path.isdir(path):
-        run = io.load(path)
+        run = runs.load(path)
         return keras_artifact(run.model, run.class_names, path)
     model = io.load_model(path)
     labels = os.path.join(os.path.dirname(os.path.abspath(path)), "labels.txt")
@@ -259,15 +245,6 @@ def _artifact(path, kind, input_shape, run, tensors):
     else:
         class_names = _numbered(max(tensors["output"]["shape"][-1], 2))
     return Artifact(path, kind, tuple(int(d) for d in input_shape), class_names, run, tensors)
-
-
-def interpreter(model_path=None, model_content=None):
-    """The LiteRT interpreter (`ai_edge_litert`), or TensorFlow's deprecated one when LiteRT is missing."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        from tensorflow.lite import Interpreter
-    return Interpreter(model_path=model_path, model_content=model_content)
 
 
 def _spec(name, shape, dtype, scale=0.0, zero_point=0):

@@ -71,6 +71,12 @@ def _family(name):
     return importlib.import_module(_entry(name).make_spec().family)
 
 
+def family_of(name):
+    """The family module of registered model `name`, or None for a name the registry does not know."""
+    _load_catalogue()
+    return _family(name) if name in _MODELS else None
+
+
 def valid_options(name):
     """The overrides model `name` accepts, with their validators."""
     defaults = _entry(name).make_spec().defaults
@@ -124,7 +130,8 @@ def markdown_table(names=None):
     return "\n".join(lines)
 
 
-def build(name, *, input_shape=None, num_classes=10, weights=None, classifier_activation="softmax", **overrides):
+def build(name, *, input_shape=None, num_classes=10, weights=None, classifier_activation="softmax", include_top=True,
+          pooling=None, **overrides):
     """Build zoo model `name` as a Functional `keras.Model`.
 
     Args:
@@ -134,6 +141,9 @@ def build(name, *, input_shape=None, num_classes=10, weights=None, classifier_ac
         weights: None, or the path of a `.weights.h5` file saved from the same architecture (families with
             `CONSUMES_WEIGHTS`, the transfer models, load them themselves: backbone weights, "imagenet").
         classifier_activation: "softmax" (default), "sigmoid", or None for logits.
+        include_top: False for a feature extractor without the classification head (as keras.applications):
+            the model ends at its last feature map, or at its global pooling with `pooling`.
+        pooling: with include_top=False, None (the 4D feature map), "avg" or "max" (global pooling, 2D output).
         **overrides: variant options (`batchnorm`, `dropout`, `head`, ... see `model_info`).
     """
     config = resolve(name, overrides)
@@ -141,6 +151,7 @@ def build(name, *, input_shape=None, num_classes=10, weights=None, classifier_ac
         config["input_shape"] = options.input_shape(input_shape)
     num_classes = options.num_classes(num_classes)
     classifier_activation = options.classifier_activation(classifier_activation)
+    options.top(include_top, pooling)
     if num_classes == 1 and classifier_activation == "softmax":
         classifier_activation = "sigmoid"  # softmax over one unit is constant 1
     family = _family(name)
@@ -149,7 +160,7 @@ def build(name, *, input_shape=None, num_classes=10, weights=None, classifier_ac
         raise FileNotFoundError(f"weights file not found: {weights}. Received: weights={weights!r}")
     shapes.check(name, family.spatial_ops(config), config["input_shape"])
     model = family.build(config, name=name, num_classes=num_classes, classifier_activation=classifier_activation,
-                         **({"weights": weights} if consumes else {}))
+                         include_top=include_top, pooling=pooling, **({"weights": weights} if consumes else {}))
     if weights is not None and not consumes:
         from keras_cnn.io import load_weights
 

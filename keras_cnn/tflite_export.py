@@ -224,7 +224,7 @@ def _raise_conversion_error(error, quantization):
 
 
 def _input_detail(model_bytes):
-    from keras_cnn.prediction import interpreter
+    from keras_cnn.artifact import interpreter
 
     return interpreter(model_content=bytes(model_bytes)).get_input_details()[0]
 

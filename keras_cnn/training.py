@@ -11,31 +11,31 @@ once its history row, its checkpoint and then its backup are written; an
 epoch cut short is trained again and its row replaced. The folder is created
 only once the model is built, so a bad model, option or shape leaves nothing.
 
-Transfer models (`*_transfer`) can train in two phases: `epochs` with the
-backbone frozen, then `fine_tune_epochs` with its top `unfreeze` blocks
-trainable, recompiled at 1/100 of the learning rate. Epoch numbers, history.csv,
-the best checkpoint and `--resume` run on across both phases.
+`train` is a sequence of named steps: prepare (arguments, seed, data,
+precision), build, compile (`recipes.compile_model`), open the run folder,
+fit, finish (evaluate, plots, model card). A family may add a second training
+phase: the transfer family's `fine_tune` unfreezes the top `unfreeze` backbone
+blocks for `fine_tune_epochs` more epochs, recompiled at the rate it chooses.
+Epoch numbers, history.csv, the best checkpoint and `--resume` run on across
+both phases.
 """
-import dataclasses
-import datetime
-import json
+import functools
 import logging
 import math
 import os
 import platform
 import sys
 import time
+import types
+from typing import NamedTuple
 
-import keras
 import numpy as np
 
-from keras_cnn import io, options, recipes
+from keras_cnn import io, options, recipes, runs
+from keras_cnn.precision import cpu_model, model_precision, resolve_precision
 
 logger = logging.getLogger("keras_cnn")
 
-DEFAULT_OUT = "saved_models"
-STRATEGIES = (None, "mirrored")
-FINE_TUNE_LR_FACTOR = 0.01  # phase-2 learning rate / phase-1 peak (the Keras guide's 1e-3 -> 1e-5)
 
 TROUBLESHOOTING = (
     "training diverged (the loss became NaN or infinite). What usually helps (seed 003's list): "
@@ -44,46 +44,8 @@ TROUBLESHOOTING = (
 )
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message says what to try."""
-
-
-@dataclasses.dataclass
-class RunResult:
-    """What `train` returns: the trained model (best epoch), its history, test metrics and files."""
-
-    path: str
-    model: object
-    history: dict
-    metrics: object  # keras_cnn.evaluation.Report on the test split
-    config: dict
-    class_names: list
-
-
-class BestCheckpoint(keras.callbacks.Callback):
-    """Save the model whenever `monitor` improves, atomically, remembering the epoch across resumes.
-
-    Keras's ModelCheckpoint writes straight to its final path, so a run killed
-    mid-save would leave a truncated `model.keras`; this writes a temporary
-    file and renames it, and keeps the best value in `best.json` for `--resume`.
-    """
-
-    def __init__(self, folder, monitor):
-        super().__init__()
-        self.path = os.path.join(folder, "model.keras")
-        self.state_path = os.path.join(folder, "best.json")
-        self.monitor = monitor
-        self.best = {"epoch": None, monitor: -math.inf}
-        if os.path.isfile(self.state_path):
-            with open(self.state_path) as handle:
-                self.best = json.load(handle)
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is not None and np.isfinite(value) and value >= self.best[self.monitor]:  # ties: the later, better-annealed epoch
-            io.save_model(self.model, self.path)
-            self.best = {"epoch": epoch + 1, self.monitor: float(value)}
-            io.write_json(self.state_path, self.best)
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the message says what to try (a ValueError: the settings are the cause)."""
 
 
 def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", learning_rate=None,
@@ -115,8 +77,9 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         num_classes: 1 for a single sigmoid unit on two-class data; default: the data's class count.
         weights: initial weights of a model built by name (`keras_cnn.build`'s `weights`; for transfer
             models the backbone's: "imagenet", a weights file, a .keras model or a run folder).
-        fine_tune_epochs: transfer models: after `epochs` with the backbone frozen, this many epochs with its
-            top `unfreeze` blocks trainable (BatchNorm stays frozen), recompiled at 1/100 of the learning rate.
+        fine_tune_epochs: a second phase, for families that have one (`fine_tune`; transfer models): after
+            `epochs` with the backbone frozen, this many epochs with its top `unfreeze` blocks trainable
+            (BatchNorm stays frozen), recompiled at the rate the family sets (transfer: 1/100).
         unfreeze: backbone blocks to fine-tune, counted from the top (`keras_cnn.models.transfer.unfreeze`);
             None = the whole backbone.
         callbacks: extra Keras callbacks (e.g. to time epochs). Cheap models run several steps per call
@@ -124,132 +87,192 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         verbose: Keras's fit verbosity; "auto" is a progress bar on a terminal, one line per epoch otherwise.
         **overrides: variant options for a model built by name (`augment="basic"`, `dropout=0.3`, ...).
     """
-    arguments = {key: value for key, value in locals().items() if key not in ("model", "data", "callbacks")}
-    from keras_cnn import evaluation
-    from keras_cnn import viz
+    call = types.SimpleNamespace(**locals())  # the arguments, which every step reads
+    data, policy = _prepare(call)
+    started = time.perf_counter()
+    with _distribution(strategy).scope():
+        model = _build_model(call, data, policy)
+        batches = _batches(call, model, data)
+        _compile(call, model, batches.steps)
+    run = _open_run(call, model, data, policy)
+    best = _fit(call, run, model, data, batches)
+    return _finish(call, run, data, best, train_seconds=time.perf_counter() - started)
+
+
+class _Batches(NamedTuple):
+    train: object  # tf.data.Dataset of shuffled (augmented, mixed) training batches
+    val: object  # the validation batches, or None when the data has no validation split
+    steps: int  # training batches per epoch
+
+
+def _prepare(call):
+    """Check the arguments, seed everything, load the data; (data, the dtype policy to build under)."""
     from keras_cnn.data import ImageData, load_data
 
-    _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping, fine_tune_epochs, unfreeze,
-                     num_classes)
-    name = model if isinstance(model, str) else model.name
-    if not isinstance(model, str) and (overrides or input_shape is not None or strategy or weights is not None):
+    _check_arguments(call.epochs, call.batch_size, call.mixup, call.cutmix, call.strategy, call.early_stopping,
+                     call.fine_tune_epochs, call.unfreeze, call.num_classes)
+    by_name = isinstance(call.model, str)
+    if not by_name and (call.overrides or call.input_shape is not None or call.strategy or call.weights is not None):
         raise ValueError("overrides, input_shape, weights and strategy apply to models built by name; build the "
-                         f"model with them instead. Received: model=<keras.Model {model.name}>")
-    keras.utils.set_random_seed(seed)
+                         f"model with them instead. Received: model=<keras.Model {call.model.name}>")
+    import keras
+
+    keras.utils.set_random_seed(call.seed)
+    data = call.data
     if not isinstance(data, ImageData):
-        data = load_data(data, seed=seed, **(data_options or {}))
-    started = time.perf_counter()
+        data = load_data(data, seed=call.seed, **(call.data_options or {}))
+    policy = resolve_precision(call.precision) if by_name else model_precision(call.model)
+    return data, policy
 
-    policy = recipes.resolve_precision(precision) if isinstance(model, str) else recipes.model_precision(model)
-    with _distribution(strategy).scope():
-        if isinstance(model, str):
-            shape = tuple(input_shape) if input_shape is not None else fit_input_shape(model, data, overrides)
-            model = _build(model, policy, input_shape=shape, num_classes=num_classes or data.num_classes,
-                           weights=weights, **overrides)
-        evaluation.check_compatible(model, data)
-        if fine_tune_epochs:
-            from keras_cnn.models import transfer
 
-            transfer.backbone_of(model)  # only transfer models have a backbone to fine-tune
-        image_shape = tuple(model.input_shape[1:])
-        train_set = _training_batches(data, batch_size, image_shape, seed, mixup, cutmix, model)
-        val_set = (_labels_for(model, data.pipeline("val", batch_size=batch_size, image_shape=image_shape))
-                   if data.sizes["val"] else None)
-        steps = math.ceil(data.sizes["train"] / batch_size)
-        loss, metrics = recipes.loss_and_metrics(model.output_shape[-1], label_smoothing)
-        # Keras's multi-step loop fails on a distributed iterator ("You must feed a value for placeholder
-        # tensor", keras-team/keras#19246), so a strategy runs one step per call.
-        per_call = 1 if strategy else recipes.steps_per_execution(model, batch_size)
-        model.compile(optimizer=recipes.optimizer(recipe, total_steps=epochs * steps, learning_rate=learning_rate),
-                      loss=loss, metrics=metrics, jit_compile=False, steps_per_execution=per_call)
+def _build_model(call, data, policy):
+    """The model built by name at the data's (or the given) input shape, or the model given; checked against the
+    data, and against fine-tuning when asked for."""
+    from keras_cnn import evaluation
 
-    folder = run_folder(out, name, data.name, resume)
-    config = {
-        "model": name, "data": data.spec or data.name, "data_options": {**(data_options or {}), "seed": seed},
-        "input_shape": list(image_shape), "num_classes": model.output_shape[-1], "class_names": data.class_names,
-        "precision": policy, "arguments": _jsonable_arguments(arguments), "versions": _versions(),
-        "machine": {"cpu": recipes._cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
+    model = call.model
+    if isinstance(model, str):
+        shape = tuple(call.input_shape) if call.input_shape is not None else fit_input_shape(model, data,
+                                                                                             call.overrides)
+        model = _build(model, policy, input_shape=shape, num_classes=call.num_classes or data.num_classes,
+                       weights=call.weights, **call.overrides)
+    evaluation.check_compatible(model, data)
+    if call.fine_tune_epochs:
+        _fine_tuning(model)
+    return model
+
+
+def _batches(call, model, data):
+    image_shape = tuple(model.input_shape[1:])
+    train_set = _training_batches(data, call.batch_size, image_shape, call.seed, call.mixup, call.cutmix, model)
+    val_set = (_labels_for(model, data.pipeline("val", batch_size=call.batch_size, image_shape=image_shape))
+               if data.sizes["val"] else None)
+    return _Batches(train_set, val_set, math.ceil(data.sizes["train"] / call.batch_size))
+
+
+def _compile(call, model, steps):
+    # Keras's multi-step loop fails on a distributed iterator ("You must feed a value for placeholder
+    # tensor", keras-team/keras#19246), so a strategy runs one step per call.
+    recipes.compile_model(model, call.recipe, total_steps=call.epochs * steps, learning_rate=call.learning_rate,
+                          label_smoothing=call.label_smoothing, batch_size=call.batch_size,
+                          steps_per_call=1 if call.strategy else None)
+
+
+def _open_run(call, model, data, policy):
+    """The run folder with config.json and labels.txt written: new, or the interrupted run being resumed."""
+    arguments = {key: value for key, value in vars(call).items() if key not in ("model", "data", "callbacks")}
+    name = call.model if isinstance(call.model, str) else call.model.name
+    image_shape, num_classes = list(model.input_shape[1:]), model.output_shape[-1]
+    run = runs.create(call.out, name, data.name, call.resume)
+    previous = _check_resume(run, name, data, image_shape, num_classes)
+    run.config = {
+        "model": name, "data": data.spec or data.name, "data_options": {**(call.data_options or {}), "seed": call.seed},
+        "input_shape": image_shape, "num_classes": num_classes, "class_names": data.class_names,
+        "precision": policy, "arguments": io.jsonable(arguments, other=repr), "versions": _versions(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
     }
-    previous = _check_resume(folder, config, resume)
     if "fine_tune" in previous:  # the run had reached phase 2
-        if not fine_tune_epochs:
-            raise ValueError(f"{folder} was fine-tuning when it stopped: resume it with the same fine_tune_epochs. "
-                             f"Received: fine_tune_epochs={fine_tune_epochs!r}")
-        config["fine_tune"] = previous["fine_tune"]
-    io.write_json(os.path.join(folder, "config.json"), config)
-    io.write_text(os.path.join(folder, "labels.txt"), "\n".join(data.class_names) + "\n")
+        if not call.fine_tune_epochs:
+            raise ValueError(f"{run.path} was fine-tuning when it stopped: resume it with the same fine_tune_epochs. "
+                             f"Received: fine_tune_epochs={call.fine_tune_epochs!r}")
+        run.config["fine_tune"] = previous["fine_tune"]
+    run.write_config()
+    run.write_labels(data.class_names)
+    return run
 
-    monitor = "val_accuracy" if val_set is not None else "accuracy"
-    best = BestCheckpoint(folder, monitor)
 
-    def fit(first_epoch, last_epoch, last_phase, append):
-        fit_callbacks = [  # in this order at each epoch's end: the backup marks the epoch finished, so it is last
-            keras.callbacks.CSVLogger(os.path.join(folder, "history.csv"), append=append),
-            best,
-            keras.callbacks.TerminateOnNaN(),
-            *([keras.callbacks.EarlyStopping(monitor, patience=early_stopping, mode="max")] if early_stopping else []),
-            *([keras.callbacks.TensorBoard(os.path.join(folder, "logs"))] if tensorboard else []),
-            keras.callbacks.BackupAndRestore(os.path.join(folder, "backup"), double_checkpoint=True,
-                                             delete_checkpoint=last_phase),  # phase 2 resumes from phase 1's end
-            *callbacks,
-        ]
-        return model.fit(train_set, validation_data=val_set, initial_epoch=first_epoch, epochs=last_epoch,
-                         callbacks=fit_callbacks, shuffle=False,
-                         class_weight=data.class_weights() if class_weights else None,
-                         verbose=(1 if sys.stdout.isatty() else 2) if verbose == "auto" else verbose)
+def _fit(call, run, model, data, batches):
+    """Train phase 1 (and a family's fine-tuning phase 2); the BestCheckpoint. TrainingDiverged on a NaN loss."""
+    monitor = "val_accuracy" if batches.val is not None else "accuracy"
+    from keras_cnn.callbacks import BestCheckpoint
 
+    best = BestCheckpoint(run, monitor)
+    fit = functools.partial(_fit_epochs, call, run, model, data, batches, best)
     losses = []
-    if "fine_tune" not in config:  # else a resumed run that had finished phase 1
-        phase = fit(0, epochs, not fine_tune_epochs, resume)
+    if "fine_tune" not in run.config:  # else a resumed run that had finished phase 1
+        phase = fit(0, call.epochs, last_phase=not call.fine_tune_epochs, append=call.resume)
         losses += phase.history.get("loss", [])
-        config["fine_tune"] = {"from_epoch": phase.epoch[-1] + 1 if phase.epoch else epochs}
-    if fine_tune_epochs and all(np.isfinite(losses)):
-        losses += _fine_tune(model, fit, config, folder, recipe=recipe, learning_rate=learning_rate, steps=steps,
-                             label_smoothing=label_smoothing, strategy=strategy, fine_tune_epochs=fine_tune_epochs,
-                             unfreeze=unfreeze)
+        run.config["fine_tune"] = {"from_epoch": phase.epoch[-1] + 1 if phase.epoch else call.epochs}
+    if call.fine_tune_epochs and all(np.isfinite(losses)):
+        losses += _fine_tune(call, run, model, fit, batches.steps)
     else:
-        config.pop("fine_tune")
+        run.config.pop("fine_tune")
     if any(not np.isfinite(v) for v in losses):
-        raise TrainingDiverged(f"{TROUBLESHOOTING}. The run folder is {folder}")
-    train_seconds = time.perf_counter() - started
-
-    model = io.load_model(best.path)
-    history = read_history(os.path.join(folder, "history.csv"))
-    test_split = "test" if data.sizes["test"] else "val"
-    metrics = evaluation.evaluate(model, data, split=test_split, batch_size=max(batch_size, 256), out=folder)
-    viz.save(viz.curves(history), os.path.join(folder, "curves.png"))
-    config.update(best_epoch=best.best["epoch"], monitor=monitor, train_seconds=round(train_seconds, 1),
-                  test_accuracy=metrics.accuracy, epochs_run=len(history.get("loss", [])))
-    io.write_json(os.path.join(folder, "config.json"), config)
-    io.write_text(os.path.join(folder, "README.md"), model_card(config, metrics, data))
-    os.remove(best.state_path)
-    logger.info("%s: test accuracy %.2f%% (best epoch %s), run folder %s", name, 100 * metrics.accuracy,
-                best.best["epoch"], folder)
-    return RunResult(folder, model, history, metrics, config, data.class_names)
+        raise TrainingDiverged(f"{TROUBLESHOOTING}. The run folder is {run.path}")
+    return best
 
 
-def _fine_tune(model, fit, config, folder, *, recipe, learning_rate, steps, label_smoothing, strategy,
-               fine_tune_epochs, unfreeze):
-    """Phase 2: unfreeze the top blocks of the backbone, recompile at 1/100 of the rate, train on; its losses."""
+def _fit_epochs(call, run, model, data, batches, best, first_epoch, last_epoch, *, last_phase, append):
+    """`model.fit` from `first_epoch` to `last_epoch` with the run's callbacks: history.csv, the best checkpoint,
+    the backup that makes the run resumable, and the caller's."""
+    import keras
+
+    fit_callbacks = [  # in this order at each epoch's end: the backup marks the epoch finished, so it is last
+        keras.callbacks.CSVLogger(run.file(runs.HISTORY_FILE), append=append),
+        best,
+        keras.callbacks.TerminateOnNaN(),
+        *([keras.callbacks.EarlyStopping(best.monitor, patience=call.early_stopping, mode="max")]
+          if call.early_stopping else []),
+        *([keras.callbacks.TensorBoard(run.file(runs.LOGS_DIR))] if call.tensorboard else []),
+        keras.callbacks.BackupAndRestore(run.file(runs.BACKUP_DIR), double_checkpoint=True,
+                                         delete_checkpoint=last_phase),  # phase 2 resumes from phase 1's end
+        *call.callbacks,
+    ]
+    return model.fit(batches.train, validation_data=batches.val, initial_epoch=first_epoch, epochs=last_epoch,
+                     callbacks=fit_callbacks, shuffle=False,
+                     class_weight=data.class_weights() if call.class_weights else None,
+                     verbose=(1 if sys.stdout.isatty() else 2) if call.verbose == "auto" else call.verbose)
+
+
+def _fine_tuning(model):
+    """The fine-tuning phase of `model`'s family (`fine_tune(model, unfreeze=, learning_rate=)`), or ValueError."""
+    from keras_cnn import registry
+
+    hook = getattr(registry.family_of(model.name), "fine_tune", None)
+    if hook is None:
+        raise ValueError(f"{model.name} is not a transfer model: only a family with a fine-tuning phase (see "
+                         f"keras_cnn.list_models('*_transfer')) trains one. Received: model={model.name!r}")
+    return hook
+
+
+def _fine_tune(call, run, model, fit, steps):
+    """Phase 2, as the model's family prepares it (which layers train, at what rate): recompile, train on; its
+    losses."""
     import warnings
 
-    from keras_cnn.models import transfer
-
-    first = config["fine_tune"]["from_epoch"]
-    blocks = transfer.unfreeze(model, unfreeze)
-    rate = (recipes.DEFAULT_LR[recipe] if learning_rate is None else learning_rate) * FINE_TUNE_LR_FACTOR
-    config["fine_tune"] = {"from_epoch": first, "epochs": fine_tune_epochs, "learning_rate": rate, "blocks": blocks}
-    io.write_json(os.path.join(folder, "config.json"), config)  # marks phase 2 for --resume
-    logger.info("%s: fine-tuning %d backbone block(s) (%s ... %s) for %d epochs at learning rate %g", model.name,
-                len(blocks), blocks[0], blocks[-1], fine_tune_epochs, rate)
-    with _distribution(strategy).scope():
-        loss, metrics = recipes.loss_and_metrics(model.output_shape[-1], label_smoothing)
-        model.compile(optimizer=recipes.optimizer(recipe, total_steps=fine_tune_epochs * steps, learning_rate=rate),
-                      loss=loss, metrics=metrics, jit_compile=False, steps_per_execution=model.steps_per_execution)
+    first = run.config["fine_tune"]["from_epoch"]
+    base_rate = recipes.DEFAULT_LR[call.recipe] if call.learning_rate is None else call.learning_rate
+    phase = _fine_tuning(model)(model, blocks=call.unfreeze, learning_rate=base_rate)
+    run.config["fine_tune"] = {"from_epoch": first, "epochs": call.fine_tune_epochs, **phase}
+    run.write_config()  # marks phase 2 for --resume
+    with _distribution(call.strategy).scope():
+        recipes.compile_model(model, call.recipe, total_steps=call.fine_tune_epochs * steps,
+                              learning_rate=phase["learning_rate"], label_smoothing=call.label_smoothing,
+                              steps_per_call=model.steps_per_execution)
     with warnings.catch_warnings():  # restoring phase 1's backup skips its (head-only) optimizer state, as it should
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        history = fit(first, first + fine_tune_epochs, True, True)
+        history = fit(first, first + call.fine_tune_epochs, last_phase=True, append=True)
     return history.history.get("loss", [])
+
+
+def _finish(call, run, data, best, *, train_seconds):
+    """Reload the best epoch, evaluate it on test, draw the curves, complete config.json and the model card."""
+    from keras_cnn import evaluation, viz
+
+    model = run.load_model()
+    history = run.read_history()
+    test_split = "test" if data.sizes["test"] else "val"
+    metrics = evaluation.evaluate(model, data, split=test_split, batch_size=max(call.batch_size, 256), out=run.path)
+    viz.save(viz.curves(history), run.file(runs.CURVES_FILE))
+    run.config.update(best_epoch=best.best["epoch"], monitor=best.monitor, train_seconds=round(train_seconds, 1),
+                      test_accuracy=metrics.accuracy, epochs_run=len(history.get("loss", [])))
+    run.write_config()
+    io.write_text(run.file(runs.CARD_FILE), model_card(run.config, metrics, data))
+    os.remove(best.state_path)
+    logger.info("%s: test accuracy %.2f%% (best epoch %s), run folder %s", run.config["model"],
+                100 * metrics.accuracy, best.best["epoch"], run.path)
+    run.history, run.metrics = history, metrics
+    return run
 
 
 def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping, fine_tune_epochs=0, unfreeze=None,
@@ -260,7 +283,7 @@ def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping
     options.fraction("cutmix", cutmix)
     if mixup and cutmix:
         raise ValueError(f"use MixUp or CutMix, not both. Received: mixup={mixup}, cutmix={cutmix}")
-    if strategy not in STRATEGIES:
+    if strategy not in options.STRATEGIES:
         raise ValueError(f"`strategy` must be None or 'mirrored'. Received: strategy={strategy!r}")
     if early_stopping is not None:
         options.positive_int("early_stopping", early_stopping)
@@ -276,6 +299,8 @@ def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping
 
 def _build(name, policy, **kwargs):
     """Build under `policy` without leaving it as the process-wide default."""
+    import keras
+
     from keras_cnn.registry import build
 
     previous = keras.config.dtype_policy()
@@ -329,6 +354,7 @@ def _labels_for(model, dataset):
 
 def _training_batches(data, batch_size, image_shape, seed, mixup, cutmix, model):
     """Shuffled training batches, with MixUp or CutMix applied to (images, one-hot labels) batches."""
+    import keras
     import tensorflow as tf
 
     dataset = data.pipeline("train", batch_size=batch_size, image_shape=image_shape, training=True, seed=seed)
@@ -344,61 +370,26 @@ def _training_batches(data, batch_size, image_shape, seed, mixup, cutmix, model)
     return _labels_for(model, dataset)
 
 
-def run_folder(out, model_name, data_name, resume):
-    """Create (or, resuming, reopen) the run folder; two runs started together never share one."""
-    if resume:
-        if out is None or not os.path.isfile(os.path.join(out, "config.json")):
-            raise ValueError(f"--resume needs the folder of an interrupted run (with config.json). Received: out={out!r}")
-        io.remove_temporaries(out)  # what a killed write left behind
-        return out
-    if out is not None:
-        if os.path.isdir(out) and os.listdir(out):
-            raise ValueError(f"{out} already exists and is not empty: pass --resume to continue that run or "
-                             f"choose another --out. Received: out={out!r}")
-        return io.make_folder(out, "out")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return io.reserve_folder(os.path.join(DEFAULT_OUT, f"{model_name}-{_slug(data_name)}-{stamp}"))
-
-
-def _slug(text):
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-") or "data"
-
-
-def _check_resume(folder, config, resume):
+def _check_resume(run, name, data, image_shape, num_classes):
     """Resuming with another model or data would mix two runs: refuse it. Returns the previous config ({})."""
-    if not resume:
-        return {}
-    with open(os.path.join(folder, "config.json")) as handle:
-        previous = json.load(handle)
-    for key in ("model", "data", "input_shape", "num_classes"):
-        if previous.get(key) != json.loads(json.dumps(config[key])):
-            raise ValueError(f"cannot resume {folder} with a different {key}: it was trained with "
-                             f"{previous.get(key)!r}. Received: {key}={config[key]!r}")
+    previous = run.config
+    received = {"model": name, "data": data.spec or data.name, "input_shape": list(image_shape),
+                "num_classes": num_classes}
+    for key, value in received.items():
+        if previous and previous.get(key) != value:
+            raise ValueError(f"cannot resume {run.path} with a different {key}: it was trained with "
+                             f"{previous.get(key)!r}. Received: {key}={value!r}")
     return previous
 
 
-def _jsonable_arguments(arguments):
-    return json.loads(json.dumps(arguments, default=lambda value: repr(value)))
-
-
 def _versions():
+    import keras
     import tensorflow as tf
 
     import keras_cnn
 
     return {"keras_cnn": keras_cnn.__version__, "keras": keras.__version__, "tensorflow": tf.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
-
-
-def read_history(path):
-    """history.csv (appended across resumes) as {column: [values per epoch]}; an epoch logged twice (cut short
-    by a kill after its row was written, then trained again) counts once, with its last row."""
-    import csv
-
-    with open(path) as handle:
-        rows = list({row["epoch"]: row for row in csv.DictReader(handle)}.values())
-    return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "", "NA")]  # NA: no val split
-            for key in (rows[0] if rows else {}) if key != "epoch"}
 
 
 def _fine_tune_line(config):

@@ -50,16 +50,18 @@ def run_dir(tmp_path_factory, digits):
     import keras
 
     import keras_cnn
-    from keras_cnn.io import save_model, write_json, write_text
+    from keras_cnn import runs
+    from keras_cnn.io import save_model
 
     keras.utils.set_random_seed(0)
     model = keras_cnn.build("small", input_shape=RUN_SHAPE, width=0.25, num_classes=10)
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(*digits.arrays("train", image_shape=RUN_SHAPE), epochs=2, batch_size=64, verbose=0)
     folder = tmp_path_factory.mktemp("run")
-    save_model(model, folder / "model.keras")
-    write_json(folder / "config.json", {"model": "small", "data": "digits", "data_options": {},
-                                        "input_shape": list(RUN_SHAPE), "class_names": RUN_CLASS_NAMES,
-                                        "precision": "float32"})
-    write_text(folder / "labels.txt", "".join(f"{name}\n" for name in RUN_CLASS_NAMES))
+    run = runs.Run(folder, config={"model": "small", "data": "digits", "data_options": {},
+                                   "input_shape": list(RUN_SHAPE), "class_names": RUN_CLASS_NAMES,
+                                   "precision": "float32"})
+    save_model(model, run.model_path)
+    run.write_config()
+    run.write_labels(RUN_CLASS_NAMES)
     return folder

@@ -65,3 +65,47 @@ def test_debug_shows_the_traceback():
 def test_help_lists_the_commands():
     result = run("--help")
     assert result.returncode == 0 and "list" in result.stdout and "describe" in result.stdout
+
+
+def test_a_bug_is_not_shown_as_a_user_error(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("an internal invariant broke")
+
+    monkeypatch.setattr(cli, "cmd_list", broken)
+    assert cli.main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("keras-cnn: internal error: RuntimeError: an internal invariant broke")
+    assert "--debug" in err and err.count("\n") == 1
+    with pytest.raises(RuntimeError):
+        cli.main(["--debug", "list"])
+
+
+def test_a_diverged_run_is_a_one_line_user_error(monkeypatch, capsys):
+    import functools
+
+    from keras_cnn import training
+
+    @functools.wraps(training.train)  # the same signature, which the options' defaults are read from
+    def diverged(*args, **kwargs):
+        raise training.TrainingDiverged("training diverged (the loss became NaN or infinite)")
+
+    monkeypatch.setattr(training, "train", diverged)
+    assert cli.main(["train", "small"]) == 2
+    assert capsys.readouterr().err == "keras-cnn: error: training diverged (the loss became NaN or infinite)\n"
+
+
+def test_train_options_are_the_librarys_choices_and_defaults():
+    import inspect
+
+    from keras_cnn import options, precision, recipes
+    from keras_cnn.training import train
+
+    train_options = cli.train_options()
+    assert set(train_options) <= set(inspect.signature(train).parameters)
+    assert train_options["recipe"][1]["choices"] == recipes.RECIPES
+    assert train_options["precision"][1]["choices"] == precision.PRECISIONS
+    defaults = inspect.signature(train).parameters
+    for name in ("epochs", "batch_size", "recipe", "precision", "seed"):
+        assert f"(default {defaults[name].default})" in train_options[name][1]["help"]
+    help_text = run("train", "--help").stdout
+    assert all(preset in help_text for preset in options.AUGMENT_PRESETS)

@@ -19,7 +19,8 @@ import pytest
 import keras_cnn
 from keras_cnn import export, predict  # the package's functions, resolved before the modules below
 from keras_cnn.exporting import ExportError, flex_ops, inference_model
-from keras_cnn.io import load_model, write_json
+from keras_cnn import runs
+from keras_cnn.io import load_model
 from keras_cnn.verification import flag
 
 export_module = importlib.import_module("keras_cnn.exporting")
@@ -265,7 +266,7 @@ def test_convolutions_with_the_strip_gradient_export_like_any_other(tmp_path):
 
 def test_a_run_whose_data_is_gone_says_to_pass_data(run_dir, tmp_path):
     shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("export"))
-    write_json(tmp_path / "run" / "config.json", {"model": "small", "data": "folder:/nowhere"})
+    runs.Run(tmp_path / "run", config={"model": "small", "data": "folder:/nowhere"}).write_config()
     with pytest.raises(ValueError, match=r"cannot load the data of .*run .*pass data= .*Image folder not found"):
         export(tmp_path / "run", verbose=False)
 

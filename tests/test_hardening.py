@@ -20,7 +20,7 @@ import keras
 import pytest
 
 import keras_cnn
-from keras_cnn import cli, io, training
+from keras_cnn import cli, io, runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,7 +99,7 @@ def test_a_killed_training_run_resumes_losing_at_most_the_epoch_in_progress(tmp_
     rerun = [int(epoch) for epoch in re.findall(rf"^Epoch (\d+)/{planned}$", open(tmp_path / "resumed.log").read(),
                                                  re.MULTILINE)]
     assert rerun == list(range(done + 1, planned + 1))  # only the epochs not finished before the kill
-    history = training.read_history(out / "history.csv")
+    history = runs.read_history(out / "history.csv")
     config = json.loads((out / "config.json").read_text())
     assert len(history["loss"]) == config["epochs_run"] == planned and 1 <= config["best_epoch"] <= planned
     assert not temporaries(out) and not (out / "backup").exists() and not (out / "best.json").exists()
@@ -206,7 +206,7 @@ def test_temporaries_are_recognised_and_only_they_are_removed(tmp_path):
 
 def test_an_epoch_logged_twice_counts_once_with_its_last_row(tmp_path):
     (tmp_path / "history.csv").write_text("epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.9\n1,0.7,0.8\n2,0.8,0.7\n")
-    assert training.read_history(tmp_path / "history.csv") == {"accuracy": [0.5, 0.7, 0.8], "loss": [1.0, 0.8, 0.7]}
+    assert runs.read_history(tmp_path / "history.csv") == {"accuracy": [0.5, 0.7, 0.8], "loss": [1.0, 0.8, 0.7]}
 
 
 # ---------------------------------------------------------------- safe loading
@@ -224,8 +224,9 @@ def test_a_model_carrying_code_is_refused_without_running_it(tmp_path, capsys):
     lambda_model(tmp_path / "lambda.keras", marker)
     with pytest.raises(ValueError, match=r"refusing to load .*lambda.keras: it contains code \(a Lambda layer"):
         keras_cnn.load_model(tmp_path / "lambda.keras")
-    io.write_json(tmp_path / "run" / "config.json", {"model": "small", "data": "digits"})
-    io.write_text(tmp_path / "run" / "labels.txt", "".join(f"{digit}\n" for digit in range(10)))
+    run = runs.Run(tmp_path / "run", config={"model": "small", "data": "digits"})
+    run.write_config()
+    run.write_labels(map(str, range(10)))
     os.replace(tmp_path / "lambda.keras", tmp_path / "run" / "model.keras")
     for command in (["predict", tmp_path / "run" / "model.keras", "digit.png"], ["evaluate", tmp_path / "run"]):
         assert cli.main(list(map(str, command))) == 2
@@ -286,7 +287,7 @@ def test_training_runs_started_together_get_their_own_default_folders(tmp_path, 
 
     def start_a_run():
         barrier.wait()
-        folders.extend(training.run_folder(None, "small", "digits", resume=False) for _ in range(5))
+        folders.extend(runs.create(None, "small", "digits", resume=False).path for _ in range(5))
 
     threads = [threading.Thread(target=start_a_run) for _ in range(8)]
     for thread in threads:

@@ -274,3 +274,41 @@ def test_predictions_stay_float32_under_mixed_precision():
         assert model(images(model, 2), training=False).dtype == "float32"
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
+
+
+def top_input(model):
+    """The tensor a model's head starts from: the input of its `head_pool` or `head_flatten` layer."""
+    names = {layer.name for layer in model.layers}
+    return model.get_layer("head_pool" if "head_pool" in names else "head_flatten").input
+
+
+@pytest.mark.parametrize("name", each_model())
+def test_without_its_top_a_model_is_a_feature_extractor(name):
+    """include_top=False, pooling=None / "avg" / "max" as keras.applications: the layers up to the head, same names."""
+    full = tiny(name)
+    side = full.input_shape[1:]
+    headless = keras_cnn.build(name, input_shape=side, include_top=False, **SMALL.get(name, {}))
+    assert headless.output_shape == tuple(top_input(full).shape)
+    assert [layer.name for layer in headless.layers] == [layer.name for layer in full.layers][:len(headless.layers)]
+    channels = headless.output_shape[-1]
+    for pooling, layer in (("avg", "avg_pool"), ("max", "max_pool")):
+        pooled = keras_cnn.build(name, input_shape=side, include_top=False, pooling=pooling, **SMALL.get(name, {}))
+        assert pooled.output_shape == (None, channels) and pooled.layers[-1].name == layer
+    headless.set_weights(full.get_weights()[:len(headless.get_weights())])  # the same weights, in the same order
+    x = images(full)
+    np.testing.assert_allclose(headless(x, training=False), keras.Model(full.input, top_input(full))(x, training=False),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_resnet18_without_its_top_gives_512_features():
+    assert keras_cnn.build("resnet18", include_top=False, pooling="avg").output_shape == (None, 512)
+
+
+@pytest.mark.parametrize("arguments, fragment", [
+    (dict(pooling="avg"), "`pooling` applies to a model without its top (include_top=False). Received: pooling='avg'"),
+    (dict(include_top=False, pooling="mean"), "Received: pooling='mean'"),
+    (dict(include_top="no"), "Received: include_top='no'"),
+])
+def test_bad_top_arguments_fail_in_one_line(arguments, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        keras_cnn.build("small", **arguments)

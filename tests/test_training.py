@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn import evaluation, io, recipes, training
+from keras_cnn import evaluation, io, optimizers, precision, recipes, runs, training
 
 FAST = dict(epochs=2, batch_size=64, precision="float32", verbose=0, width=0.25)
 RUN_FILES = {"model.keras", "config.json", "labels.txt", "history.csv", "metrics.json", "curves.png",
@@ -26,7 +26,7 @@ def test_torch_sgd_matches_the_pytorch_update_formula():
     w0 = np.array([[0.5], [-1.5]], dtype="float32")
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
     model.set_weights([w0])
-    opt = recipes.TorchSGD(learning_rate=0.1, momentum=0.9, l2=5e-4)
+    opt = optimizers.TorchSGD(learning_rate=0.1, momentum=0.9, l2=5e-4)
     x = np.array([[1.0, 2.0]], dtype="float32")
     w, buf = w0.astype("float64"), 0.0
     for _ in range(2):
@@ -141,7 +141,7 @@ def test_existing_folder_needs_resume_and_resume_needs_the_same_run(tmp_path, fi
 
 def test_default_run_folders_never_collide(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    folders = {training.run_folder(None, "small", "digits", resume=False) for _ in range(5)}
+    folders = {runs.create(None, "small", "digits", resume=False).path for _ in range(5)}
     assert len(folders) == 5 and all(f.startswith("saved_models/small-digits-") for f in folders)
 
 
@@ -242,8 +242,8 @@ def test_unknown_tta_fails_before_loading_anything(tmp_path):
 
 
 def test_precision_auto_is_a_measured_choice():
-    assert recipes.resolve_precision("auto") in ("float32", "mixed_bfloat16")
-    assert recipes.resolve_precision("float32") == "float32"
+    assert precision.resolve_precision("auto") in ("float32", "mixed_bfloat16")
+    assert precision.resolve_precision("float32") == "float32"
 
 
 MIRRORED = """
@@ -264,7 +264,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 2" in result.stdout
-    assert io.load(str(tmp_path / "m")).model.output_shape == (None, 10)
+    assert runs.load(str(tmp_path / "m")).model.output_shape == (None, 10)
 
 
 def test_cli_train_and_evaluate(tmp_path):

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn import registry, training
-from keras_cnn.models import transfer
+from keras_cnn import pretrained, registry, training
+from keras_cnn.models import backbones, transfer
 
 APPLICATIONS = ["resnet50_transfer", "resnet50v2_transfer", "mobilenetv2_transfer", "mobilenetv3small_transfer",
                 "efficientnetb0_transfer"]
@@ -53,7 +53,7 @@ def keras_cache(tmp_path, monkeypatch):
     """An empty Keras cache folder, and no network at all (name resolution fails at once)."""
     cache = tmp_path / "keras" / "models"
     cache.mkdir(parents=True)
-    monkeypatch.setattr(transfer, "keras_cache_dir", lambda: str(cache))
+    monkeypatch.setattr(pretrained, "keras_cache_dir", lambda: str(cache))
 
     def offline(*args, **kwargs):
         raise socket.gaierror(-2, "Name or service not known (no network in this test)")
@@ -299,18 +299,18 @@ def test_wrong_checkpoints_fail_with_clear_messages(zoo_resnet, tmp_path):
 
 def test_imagenet_offline_fails_fast_naming_the_cached_file_and_the_command(keras_cache):
     started = time.perf_counter()
-    with pytest.raises(transfer.WeightsUnavailable) as error:
+    with pytest.raises(pretrained.WeightsUnavailable) as error:
         keras_cnn.build("mobilenetv3small_transfer", input_shape=(32, 32, 3), weights="imagenet")
     message = str(error.value)
     assert time.perf_counter() - started < 30
     assert str(keras_cache / "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5") in message
     assert "keras-cnn weights download mobilenetv3small" in message and "downloading failed" in message
     with pytest.raises(FileNotFoundError, match="keras-cnn weights download mobilenetv3small"):
-        transfer.download_weights("mobilenetv3small")
+        pretrained.download_weights("mobilenetv3small")
     with pytest.raises(FileNotFoundError, match="it is not there"):
-        transfer.imagenet_weights_file("resnet50")
+        pretrained.imagenet_weights_file("resnet50")
     with pytest.raises(ValueError, match="no ImageNet weights for 'resnet18'"):
-        transfer.download_weights("resnet18")
+        pretrained.download_weights("resnet18")
     with pytest.raises(ValueError, match="ImageNet weights of MobileNetV3Small exist for width .* 0.75, 1.0 only"):
         keras_cnn.build("mobilenetv3small_transfer", input_shape=(32, 32, 3), width=0.5, weights="imagenet")
 
@@ -335,7 +335,7 @@ def test_file_names_are_the_ones_keras_applications_fetch(monkeypatch):
         with pytest.raises(ConnectionAbortedError):
             getattr(keras.applications, spec.constructor)(include_top=False, weights="imagenet", input_shape=shape,
                                                           **kwargs)
-        assert transfer.imagenet_file_name(config["backbone"], config) == asked[-1]
+        assert pretrained.imagenet_file_name(config["backbone"], config) == asked[-1]
 
 
 def test_imagenet_weights_from_the_cache_and_from_a_legacy_h5_file(keras_cache):
@@ -348,7 +348,7 @@ def test_imagenet_weights_from_the_cache_and_from_a_legacy_h5_file(keras_cache):
         model = keras_cnn.build("mobilenetv2_transfer", input_shape=(96, 96, 3), width=0.35, num_classes=5,
                                 weights=weights)
         np.testing.assert_allclose(features(model)(x, training=False), expected, rtol=1e-4, atol=1e-4)
-    assert transfer.download_weights("mobilenetv2", input_shape=(96, 96, 3), width=0.35) == str(
+    assert pretrained.download_weights("mobilenetv2", input_shape=(96, 96, 3), width=0.35) == str(
         keras_cache / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5")  # cached: no download
 
 
@@ -367,9 +367,9 @@ def test_imagenet_pipeline_equals_keras_applications_on_raw_pixels(keras_cache, 
     randomize(source)
     if constructor == "EfficientNetB0":  # what Keras's ImageNet file holds: mean and stddev**2 as "variance"
         norm = next(layer for layer in source.layers if isinstance(layer, keras.layers.Normalization))
-        norm.set_weights([np.array(transfer.IMAGENET_MEAN_RGB), np.square(transfer.IMAGENET_STDDEV_RGB), np.array(0)])
+        norm.set_weights([np.array(backbones.IMAGENET_MEAN_RGB), np.square(backbones.IMAGENET_STDDEV_RGB), np.array(0)])
     config = registry.resolve(name)
-    path = keras_cache / transfer.imagenet_file_name(config["backbone"], config)
+    path = keras_cache / pretrained.imagenet_file_name(config["backbone"], config)
     write_legacy_h5(source, path)
     monkeypatch.setattr(file_utils, "get_file", lambda fname, *args, **kwargs: str(keras_cache / fname))
     reference = getattr(keras.applications, constructor)(include_top=False, weights="imagenet", input_shape=(64, 64, 3))
@@ -497,3 +497,20 @@ def test_transfer_from_digits_0_5_beats_scratch_on_6_9(tmp_path):
                     for name, model in (("scratch", scratch), ("transfer", transferred))}
         margins.append(accuracy["transfer"] - accuracy["scratch"])
     assert min(margins) > 0 and np.mean(margins) > 0.1, margins
+
+
+@pytest.mark.parametrize("name", ["resnet18_transfer", "mobilenetv3small_transfer"])
+def test_a_transfer_model_without_its_top_ends_at_its_backbone(name):
+    shape = (8, 8, 1) if name in ZOO else (32, 32, 3)
+    headless = keras_cnn.build(name, input_shape=shape, include_top=False, **SMALL.get(name, {}))
+    full = keras_cnn.build(name, input_shape=shape, num_classes=4, **SMALL.get(name, {}))
+    assert headless.layers[-1].name == "backbone" and headless.output_shape == tuple(features(full).output.shape)
+    pooled = keras_cnn.build(name, input_shape=shape, include_top=False, pooling="avg", **SMALL.get(name, {}))
+    assert pooled.output_shape == (None, headless.output_shape[-1]) and pooled.layers[-1].name == "avg_pool"
+
+
+def test_the_zoo_backbone_is_the_zoo_model_without_its_top():
+    backbone = keras_cnn.build("resnet18_transfer", input_shape=(8, 8, 1), width=0.125).get_layer("backbone")
+    zoo = keras_cnn.build("resnet18", input_shape=(8, 8, 1), width=0.125, include_top=False)
+    assert [layer.name for layer in backbone.layers] == [layer.name for layer in zoo.layers]
+    assert backbone.output_shape == zoo.output_shape == (None, 1, 1, 64)

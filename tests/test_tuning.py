@@ -71,7 +71,7 @@ def test_the_hypermodel_builds_the_zoo_model_the_space_names():
     model = hypermodel(spaces.cnn).build(hp)
     assert model.get_layer("stage3_conv").strides == (2, 2) and "stage3_pool" not in [l.name for l in model.layers]
     assert model.get_layer("augment") is not None
-    assert isinstance(model.optimizer, keras_cnn.recipes.TorchSGD)  # the training recipes, not a copy
+    assert isinstance(model.optimizer, keras_cnn.optimizers.TorchSGD)  # the training recipes, not a copy
 
 
 def test_a_collapsing_configuration_fails_its_trial_before_anything_is_built(monkeypatch):
@@ -308,3 +308,66 @@ def test_distributed_chief_and_two_workers_share_the_trials(tmp_path):
 
 def test_keras_cnn_tune_is_the_search():
     assert keras_cnn.tune is search  # the function keras_cnn.tuning exports
+
+
+# ---------------------------------------------------------------- keras-tuner's private API (tuning/search.py)
+# One test per private method or attribute tuning/search.py overrides or reads: each fails when a keras-tuner
+# release renames it, changes its arguments or stops calling it where the override expects.
+
+
+def _source(function):
+    import inspect
+
+    return inspect.getsource(function)
+
+
+def _parameters(function):
+    import inspect
+
+    return list(inspect.signature(function).parameters)
+
+
+def test_private_api_populate_initial_space_is_replaced_by_declaring_the_space(tmp_path):
+    from keras_tuner.src.engine import base_tuner
+
+    assert "self._populate_initial_space()" in _source(base_tuner.BaseTuner.__init__)
+    assert _parameters(base_tuner.BaseTuner._populate_initial_space) == ["self"]
+    model = hypermodel(mostly_impossible)
+    model.build = lambda hp: pytest.fail("keras-tuner's own way builds models to find the space")
+    settings = {"objective": {"name": "val_accuracy", "direction": "max"}, "seed": 0, "tuner": "random",
+                "max_trials": 1}
+    tuner = make_tuner(str(tmp_path), settings, model)
+    assert set(tuner.oracle.get_space().values) == {"stages", "width"}
+
+
+def test_private_api_build_and_fit_model_receives_each_trials_fit_arguments():
+    from keras_tuner.src.engine import tuner as tuner_module
+
+    assert _parameters(tuner_module.Tuner._build_and_fit_model) == ["self", "trial", "args", "kwargs"]
+    assert "self._build_and_fit_model(trial, *args, **copied_kwargs)" in _source(tuner_module.Tuner.run_trial)
+    assert "self.hypermodel.fit(hp, model, *args, **kwargs)" in _source(tuner_module.Tuner._build_and_fit_model)
+    assert ZooTuner._build_and_fit_model is not keras_tuner.Tuner._build_and_fit_model
+
+
+def test_private_api_the_concrete_tuners_constructors_only_make_their_oracle():
+    source = _source(keras_tuner.Hyperband.__init__)
+    assert "oracle = HyperbandOracle(" in source and "super().__init__(oracle=oracle, hypermodel=hypermodel" in source
+    assert HyperbandTuner.__mro__.index(ZooTuner) < HyperbandTuner.__mro__.index(keras_tuner.Hyperband)
+    assert _parameters(keras_tuner.Tuner.__init__)[:3] == ["self", "oracle", "hypermodel"]
+
+
+def test_private_api_hyperband_brackets_sizes_and_rounds():
+    oracle = HyperbandOracle(objective=keras_tuner.Objective("val_accuracy", "max"), max_epochs=9, factor=3)
+    assert oracle._brackets == [{"bracket_num": 2, "rounds": [[], [], []]}] and oracle._get_num_brackets() == 3
+    assert _parameters(keras_tuner.oracles.HyperbandOracle._get_size) == ["self", "bracket_num", "round_num"]
+    assert [oracle._get_size(bracket, 0) for bracket in range(3)] == [3, 5, 9]
+    source = _source(keras_tuner.oracles.HyperbandOracle)
+    assert 'bracket["rounds"]' in source and '"id": trial_id' in source  # entries of a round: {"id": ..., ...}
+
+
+def test_private_api_trials_load_from_their_json(tmp_path):
+    from keras_tuner.engine.trial import Trial
+
+    trial = Trial(keras_tuner.HyperParameters(), trial_id="03", status="COMPLETED")
+    trial.save(str(tmp_path / "trial.json"))
+    assert results._trial_class() is Trial and Trial.load(str(tmp_path / "trial.json")).trial_id == "03"

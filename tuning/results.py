@@ -105,8 +105,9 @@ def _retrain(run_dir, proposal, data, data_options, epochs, settings, verbose):
     """(model, test accuracy) of `keras_cnn.train` with the best settings: a finished run folder is reused,
     an interrupted one resumed."""
     import keras_cnn
+    from keras_cnn import runs
 
-    config = _json(os.path.join(run_dir, "config.json"))
+    config = runs.open_run(run_dir).config if runs.Run(run_dir).has_config() else {}
     if config.get("test_accuracy") is not None:
         return keras_cnn.load(run_dir).model, config["test_accuracy"]
     run = keras_cnn.train(proposal.model, data, epochs=epochs, batch_size=settings["batch_size"],
@@ -157,11 +158,13 @@ def best_row(rows, objective):
 
 def table(rows, objective):
     """The trials as aligned text, the best one marked with *; `objective` is {"name": ..., "direction": ...}."""
+    from keras_cnn.tables import format_table
+
     best = best_row(rows, objective)
     score = objective["name"] != "val_accuracy"
     header = ["trial", *([objective["name"]] if score else []), "val acc", "params", "MACs", "TFLite KB", "ms b=1",
               "epochs", "s", "outcome", "hyperparameters"]
-    lines = [header]
+    lines = []
     for row in rows:
         lines.append([
             row["trial"] + ("*" if best and row["trial"] == best["trial"] else ""),
@@ -172,10 +175,7 @@ def table(rows, objective):
             " ".join(f"{key}={_number(value, '{:.3g}') if isinstance(value, float) else value}"
                      for key, value in row["hyperparameters"].items()),
         ])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(width) if i == 0 or i >= len(header) - 2 else cell.rjust(width)
-                      for i, (cell, width) in enumerate(zip(line, widths))).rstrip() for line in lines]
-    return "\n".join(text)
+    return format_table(header, lines, right=range(1, len(header) - 2))
 
 
 def _number(value, template):

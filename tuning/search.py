@@ -25,6 +25,13 @@ workers ask it for trials, configured by KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_
 and KERASTUNER_ORACLE_PORT. `distributed=True` starts the chief (listening on
 127.0.0.1 unless KERASTUNER_ORACLE_IP says otherwise) and `workers` workers on this
 machine; more machines join with `python -m keras_cnn.tuning FOLDER` (see docs/tuning.md).
+
+keras-tuner's private API is used in this module only, each use pinned by a test in tests/test_tuning.py
+("private API") that fails when a keras-tuner release changes it (written for keras-tuner 1.4):
+`BaseTuner._populate_initial_space` and `Tuner._build_and_fit_model` are overridden (`ZooTuner`),
+`Tuner.__init__` is called past the concrete tuners' constructors, and `HyperbandOracle.end_trial` reads
+`_get_size`, `_get_num_brackets` and `_brackets`. (`keras_cnn.tuning.results` reads trials with the public
+`keras_tuner.engine.trial.Trial.load`.)
 """
 import contextlib
 import hashlib
@@ -162,19 +169,15 @@ def _space_fingerprint(name, function):
     """The space's name and every hyperparameter it declares (names, types, ranges, conditions)."""
     hp = keras_tuner.HyperParameters()
     function(hp)
-    return _jsonable({"name": name, "hyperparameters": hp.get_config()["space"]})
+    return io.jsonable({"name": name, "hyperparameters": hp.get_config()["space"]})
 
 
 def _data_fingerprint(data):
     """Where the data comes from, its classes, shape and split sizes, and a hash of a sample of val images."""
     x, y = data.arrays("val", limit=64)
-    return _jsonable({"spec": data.spec or data.name, "class_names": data.class_names,
+    return io.jsonable({"spec": data.spec or data.name, "class_names": data.class_names,
                       "image_shape": data.image_shape, "sizes": data.sizes,
                       "val_sample_sha256": hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()})
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value, default=lambda item: item.tolist() if hasattr(item, "tolist") else list(item)))
 
 
 def _open_folder(out, data_name, resume, settings, fingerprint):
@@ -184,7 +187,7 @@ def _open_folder(out, data_name, resume, settings, fingerprint):
             raise ValueError(f"resume needs the folder of an earlier search (with {SETTINGS_FILE}). "
                              f"Received: out={out!r}")
         previous = _read(out)
-        for key, value in _jsonable(fingerprint).items():
+        for key, value in io.jsonable(fingerprint).items():
             if previous["fingerprint"].get(key) != value:
                 raise ValueError(f"cannot resume {out} with a different {key}: it searched "
                                  f"{_describe(key, previous['fingerprint'].get(key))}. Received: "
@@ -193,9 +196,9 @@ def _open_folder(out, data_name, resume, settings, fingerprint):
             raise ValueError(f"resume {out} the way it was started (keras-tuner keeps a distributed search's state "
                              f"under its chief). Received: distributed={settings['distributed']}")
     elif out is None:
-        from keras_cnn.training import run_folder
+        from keras_cnn import runs
 
-        out = run_folder(None, "tune", data_name, resume=False)
+        out = runs.create(None, "tune", data_name, resume=False).path
     elif os.path.exists(out) and os.listdir(out):
         raise ValueError(f"{out} already exists and is not empty: pass resume=True (--resume) to continue that "
                          f"search or choose another out. Received: out={out!r}")

@@ -70,7 +70,8 @@ def _stage(x, filters, prefix, config):
     return blocks.conv_bn_act(x, filters, prefix, config, suffix="2")
 
 
-def build(config, *, name, num_classes, classifier_activation):
+def build(config, *, name, **top):
+    """The network of `config`; `top` is `blocks.head`'s (num_classes, classifier_activation, include_top, pooling)."""
     import keras
     from keras import layers
 
@@ -82,5 +83,5 @@ def build(config, *, name, num_classes, classifier_activation):
     x = blocks.activation(config["activation"], "stem_act")(x)
     for i, filters in enumerate(config["stage_filters"], start=1):
         x = _stage(x, filters, f"stage{i}", config)
-    outputs = blocks.head(x, config, num_classes=num_classes, classifier_activation=classifier_activation)
+    outputs = blocks.head(x, config, **top)
     return keras.Model(inputs, outputs, name=name)

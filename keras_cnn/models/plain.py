@@ -110,7 +110,8 @@ def spatial_ops(config):
     return ops
 
 
-def build(config, *, name, num_classes, classifier_activation):
+def build(config, *, name, **top):
+    """The network of `config`; `top` is `blocks.head`'s (num_classes, classifier_activation, include_top, pooling)."""
     import keras
 
     from keras_cnn import blocks
@@ -129,5 +130,5 @@ def build(config, *, name, num_classes, classifier_activation):
             x = blocks.pool(x, config["downsample"], f"stage{i}_pool")
         if act_after_pool:
             x = blocks.activation(config["activation"], f"stage{i}_act")(x)
-    outputs = blocks.head(x, config, num_classes=num_classes, classifier_activation=classifier_activation)
+    outputs = blocks.head(x, config, **top)
     return keras.Model(inputs, outputs, name=name)

@@ -93,7 +93,8 @@ def _basic_block(x, filters, stride, prefix, config):
     return blocks.activation(config["activation"], f"{prefix}_out")(y)
 
 
-def build(config, *, name, num_classes, classifier_activation):
+def build(config, *, name, **top):
+    """The network of `config`; `top` is `blocks.head`'s (num_classes, classifier_activation, include_top, pooling)."""
     import keras
 
     from keras_cnn import blocks
@@ -107,5 +108,5 @@ def build(config, *, name, num_classes, classifier_activation):
             stride = 1
         for j in range(1, count + 1):
             x = _basic_block(x, filters, stride if j == 1 else 1, f"stage{i}_block{j}", config)
-    outputs = blocks.head(x, config, num_classes=num_classes, classifier_activation=classifier_activation)
+    outputs = blocks.head(x, config, **top)
     return keras.Model(inputs, outputs, name=name)
