@@ -126,21 +126,43 @@ def cmd_show(args):
     from keras_cnn import io, viz
 
     if os.path.isdir(args.source):
-        model, folder = io.load(args.source).model, args.source
+        run = io.load(args.source)
+        model, folder, class_names = run.model, args.source, run.class_names
     else:
-        model, folder = io.load_model(args.source), os.path.dirname(os.path.abspath(args.source))
+        model, folder, class_names = io.load_model(args.source), os.path.dirname(os.path.abspath(args.source)), None
     out = args.out or folder
     if not args.image and not args.filters:
-        raise ValueError("say what to show: --image IMAGE (feature maps) and/or --filters")
+        raise ValueError("say what to show: --image IMAGE (feature maps, or with --cam a Grad-CAM map) and/or "
+                         "--filters")
+    if args.cam and not args.image:
+        raise ValueError("--cam needs the image to explain: --image IMAGE. Received: image=None")
     written = []
     if args.filters:
         written.append(viz.save(viz.filters(model, args.layer), os.path.join(out, "filters.png")))
-    if args.image:
+    if args.cam:
+        written.append(_show_cam(model, class_names, args, out))
+    elif args.image:
         base = os.path.splitext(os.path.basename(args.image))[0]
         for layer in args.layers or viz.conv_and_pool_layers(model):
             path = os.path.join(out, "feature_maps", f"{base}_{layer}.png")
             written.append(viz.save(viz.feature_maps(model, args.image, [layer]), path))
     print("\n".join(written))
+
+
+def _show_cam(model, class_names, args, out):
+    """Write OUT/cam/<image>.png: the image, its Grad-CAM map and the top classes in the title."""
+    import numpy as np
+
+    from keras_cnn import viz
+    from keras_cnn.explaining import explain
+
+    explanation = explain(model, args.image, class_index=args.class_index, layer=args.cam_layer)
+    probabilities = explanation.probabilities[0]
+    names = class_names or [str(k) for k in range(len(probabilities))]
+    top = ", ".join(f"{names[k]} {probabilities[k]:.2f}" for k in np.argsort(-probabilities)[:3])
+    title = f"Grad-CAM of {names[explanation.class_indices[0]]} at {explanation.layer}\n{top}"
+    path = os.path.join(out, "cam", os.path.splitext(os.path.basename(args.image))[0] + ".png")
+    return viz.save(viz.cam_overlay(explanation.images, explanation.heatmaps, [title]), path)
 
 
 def _configure_logging():
@@ -238,7 +260,9 @@ def cmd_evaluate(args):
 
         data = load_data(args.data or run.config["data"], **{**run.config.get("data_options", {}),
                                                              **_data_options(args)})
-    print(evaluate(run, data, split=args.split, tta=args.tta))
+    corruptions = True if args.corruptions in (True, ("all",)) else args.corruptions
+    print(evaluate(run, data, split=args.split, tta=args.tta, calibrate=args.calibrate, corruptions=corruptions,
+                   severities=args.severities, artifact=args.artifact, seed=args.seed))
 
 
 def cmd_tune(args):
@@ -331,6 +355,11 @@ def parser():
     s.add_argument("--filters", action="store_true", help="draw the kernels of a conv layer")
     s.add_argument("--layer", help="the conv layer for --filters (default: the first)")
     s.add_argument("--out", help="folder for the PNG files (default: the run folder)")
+    s.add_argument("--cam", action="store_true", help="instead of feature maps, draw --image with its Grad-CAM heat "
+                   "map and the top classes (OUT/cam/IMAGE.png)")
+    s.add_argument("--cam-layer", metavar="LAYER", help="the spatial layer for --cam, nested ones too (default: the "
+                   "last spatial layer)")
+    s.add_argument("--class-index", type=int, metavar="K", help="the class --cam explains (default: the top class)")
     s.set_defaults(handler=cmd_show)
 
     s = sub.add_parser("train", help="train a model and write a run folder",
@@ -362,6 +391,17 @@ def parser():
     s.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
     s.add_argument("--tta", choices=("flip",), help="test-time augmentation: average each image's prediction with "
                    "its mirror image's (not for digits or text); leaves the run's metrics.json alone")
+    s.add_argument("--calibrate", action="store_true", help="fit temperature scaling on the validation split, store "
+                   "it in RUN/model.keras (the original kept as model_uncalibrated.keras), report ECE before/after")
+    s.add_argument("--corruptions", nargs="?", const=True, type=_csv, metavar="LIST",
+                   help="also the accuracy under CIFAR-10-C-style corruptions (RGB data): all, or a comma-separated "
+                   "list of gaussian_noise, shot_noise, gaussian_blur, defocus_blur, brightness, contrast, jpeg, "
+                   "pixelate; writes RUN/corruptions.png")
+    s.add_argument("--severities", type=int, nargs="+", metavar="S", help="corruption severities from 1 to 5 "
+                   "(default: 1 2 3 4 5)")
+    s.add_argument("--artifact", metavar="FILE", help="measure the corruptions on an exported model (e.g. "
+                   "EXPORT/model_int8.tflite) instead of the Keras model")
+    s.add_argument("--seed", type=int, default=0, help="seed of the corruptions' noise (default 0)")
     s.set_defaults(handler=cmd_evaluate)
 
     s = sub.add_parser("export", help="export a run to SavedModel / TFLite / ONNX, each verified against Keras",

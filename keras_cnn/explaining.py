@@ -22,6 +22,7 @@ import numpy as np
 class Explanation:
     """What `explain` returns: one heat map per image, at the image's size, with the class it explains."""
 
+    images: np.ndarray  # (N, H, W, C) float32 in [0, 255]: the images as the model saw them
     heatmaps: np.ndarray  # (N, H, W) float32 in [0, 1]
     class_indices: np.ndarray  # (N,) the class each map explains
     probabilities: np.ndarray  # (N, classes) the model's output
@@ -61,7 +62,7 @@ def explain(run_or_model, images, class_index=None, layer=None):
         score = tf.math.log(tf.gather(probabilities, chosen, batch_dims=1) + 1e-12)
     gradients = tape.gradient(score, features)
     heatmaps = _grad_cam(tf.cast(features, tf.float32), tf.cast(gradients, tf.float32), x.shape[1:3])
-    return Explanation(heatmaps, chosen.numpy(), probabilities.numpy(), "/".join(lay.name for lay in path))
+    return Explanation(x, heatmaps, chosen.numpy(), probabilities.numpy(), "/".join(lay.name for lay in path))
 
 
 def spatial_layer_names(model):

@@ -433,7 +433,9 @@ def model_card(config, metrics, data):
         str(metrics),
         "```",
         "",
-        "![curves](curves.png) ![confusion matrix](confusion_matrix.png)",
+        "![curves](curves.png) ![confusion matrix](confusion_matrix.png)" +
+        (" ![reliability diagram](reliability.png)" if getattr(metrics, "calibration", None) else "") +
+        (" ![accuracy under corruptions](corruptions.png)" if getattr(metrics, "corruptions", None) else ""),
         "",
         "## Use it",
         "",
