@@ -131,11 +131,11 @@ def cmd_show(args):
     else:
         model, folder, class_names = io.load_model(args.source), os.path.dirname(os.path.abspath(args.source)), None
     out = args.out or folder
+    if args.cam and not args.image:
+        raise ValueError("--cam needs the image to explain: --image IMAGE. Received: image=None")
     if not args.image and not args.filters:
         raise ValueError("say what to show: --image IMAGE (feature maps, or with --cam a Grad-CAM map) and/or "
                          "--filters")
-    if args.cam and not args.image:
-        raise ValueError("--cam needs the image to explain: --image IMAGE. Received: image=None")
     written = []
     if args.filters:
         written.append(viz.save(viz.filters(model, args.layer), os.path.join(out, "filters.png")))

@@ -9,7 +9,9 @@ saved 8-bit photo would be, and keeps the input's shape and dtype. Noise is draw
 the same seed gives the same images.
 
 Image operations are TensorFlow's, Keras's and Pillow's; the only hand-made piece is the disk-shaped
-kernel of the defocus blur, which none of them provides.
+kernel of the defocus blur, which none of them provides. Distances from the clean image grow with the
+severity for photographs (mixed spatial frequencies); pixelation of a pattern of one frequency can alias
+less at a stronger severity.
 """
 import dataclasses
 import io
@@ -52,7 +54,8 @@ def corrupt(images, corruption, severity, seed=0):
 
 def check(corruption, severity):
     if corruption not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption; choose from {', '.join(CORRUPTIONS)}. Received: corruption={corruption!r}")
+        raise ValueError(f"unknown corruption; choose from {', '.join(CORRUPTIONS)}. "
+                         f"Received: corruption={corruption!r}")
     if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or severity not in SEVERITIES:
         raise ValueError(f"severity must be an integer from 1 to 5. Received: severity={severity!r}")
 
@@ -123,12 +126,17 @@ def _jpeg(x, quality, rng):
 
 
 def _pixelate(x, factor, rng):
-    """Box-filtered down and up again (CIFAR-10-C uses Pillow's BOX both ways; TF's "area" is that filter)."""
-    import tensorflow as tf
+    """Down to `factor` of the size and up again with Pillow's BOX filter, as CIFAR-10-C."""
+    from PIL import Image
 
     height, width = x.shape[1:3]
-    coarse = tf.image.resize(x, (max(1, int(height * factor)), max(1, int(width * factor))), method="area")
-    return tf.image.resize(coarse, (height, width), method="area").numpy()
+    coarse = (max(1, int(width * factor)), max(1, int(height * factor)))
+
+    def pixelate(image):
+        small = Image.fromarray(np.round(image * 255).astype(np.uint8)).resize(coarse, Image.Resampling.BOX)
+        return np.asarray(small.resize((width, height), Image.Resampling.BOX), dtype=np.float32) / 255.0
+
+    return np.stack([pixelate(image) for image in x])
 
 
 _FUNCTIONS = {"gaussian_noise": _gaussian_noise, "shot_noise": _shot_noise, "gaussian_blur": _gaussian_blur,

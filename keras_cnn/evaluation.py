@@ -48,9 +48,9 @@ class Report:
                          f"{row['support']:>8}")
         if self.calibration:
             lines[1:1] = [_calibration_line(self.calibration)]
-        for robustness in (self.corruptions or {}).values():
-            from keras_cnn.corruptions import Robustness
+        from keras_cnn.corruptions import Robustness
 
+        for robustness in (self.corruptions or {}).values():
             lines += ["", str(Robustness(**robustness))]
         return "\n".join(lines)
 
@@ -58,10 +58,11 @@ class Report:
 def _calibration_line(calibration):
     line = (f"calibration: ECE {calibration['ece_pct']:.2f}% ({calibration['bins']} bins)  NLL {calibration['nll']:.4f}"
             f"  Brier {calibration['brier']:.4f}")
+    if calibration.get("temperature"):
+        line += f"  temperature {calibration['temperature']:.3f}"
     before = calibration.get("before")
     if before:
-        line += (f"  (temperature {calibration['temperature']:.3f}; before: ECE {before['ece_pct']:.2f}%  "
-                 f"NLL {before['nll']:.4f}  Brier {before['brier']:.4f})")
+        line += f" (before it: ECE {before['ece_pct']:.2f}%  NLL {before['nll']:.4f}  Brier {before['brier']:.4f})"
     return line
 
 
@@ -147,10 +148,13 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
         model = _calibrate(run, model, data, batch_size)
         probabilities, labels = predict_probabilities(model, dataset, tta)
     result = report(probabilities, labels, class_names, split, tta)
+    if "temperature" in [layer.name for layer in model.layers]:  # a model calibrated now or before
+        result.calibration["temperature"] = model.get_layer("temperature").temperature
     if calibrate:
-        temperature = model.get_layer("temperature").temperature
-        result.calibration.update(temperature=temperature, before=before)
-        curves = {"before temperature scaling": curves[split], f"after (T = {temperature:.2f})": (probabilities, labels)}
+        temperature = result.calibration["temperature"]
+        result.calibration["before"] = before
+        curves = {"before temperature scaling": curves[split],
+                  f"after (T = {temperature:.2f})": (probabilities, labels)}
     # never overwrite the run's own metrics with other data or another evaluation protocol
     folder = out or (run.path if own_data and split == "test" and not tta else None)
     if corruptions:

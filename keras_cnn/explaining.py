@@ -52,17 +52,25 @@ def explain(run_or_model, images, class_index=None, layer=None):
                          f"Received: class_index={class_index!r}")
     path = _layer_path(model, layer)
     forward = _forward(model, path)
-    inputs = tf.constant(x)
-    with tf.GradientTape() as tape:
-        features, outputs = forward(inputs)
-        probabilities = tf.cast(outputs, tf.float32)
-        if units == 1:  # one sigmoid unit: P(class 1)
-            probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
-        chosen = tf.argmax(probabilities, axis=-1) if class_index is None else tf.fill([len(x)], int(class_index))
-        score = tf.math.log(tf.gather(probabilities, chosen, batch_dims=1) + 1e-12)
-    gradients = tape.gradient(score, features)
-    heatmaps = _grad_cam(tf.cast(features, tf.float32), tf.cast(gradients, tf.float32), x.shape[1:3])
-    return Explanation(x, heatmaps, chosen.numpy(), probabilities.numpy(), "/".join(lay.name for lay in path))
+
+    # A graph, not eager ops: eagerly, TensorFlow 2.21's oneDNN kernels crashed the process (double free)
+    # taking this gradient for one image back through a ResNet block.
+    @tf.function
+    def maps_and_probabilities(inputs):
+        with tf.GradientTape() as tape:
+            features, outputs = forward(inputs)
+            probabilities = tf.cast(outputs, tf.float32)
+            if units == 1:  # one sigmoid unit: P(class 1)
+                probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
+            chosen = (tf.argmax(probabilities, axis=-1) if class_index is None
+                      else tf.fill(tf.shape(inputs)[:1], tf.constant(int(class_index), tf.int64)))
+            score = tf.math.log(tf.gather(probabilities, chosen, batch_dims=1) + 1e-12)
+        gradients = tf.cast(tape.gradient(score, features), tf.float32)
+        return _grad_cam(tf.cast(features, tf.float32), gradients, x.shape[1:3]), chosen, probabilities
+
+    heatmaps, chosen, probabilities = maps_and_probabilities(tf.constant(x))
+    return Explanation(x, heatmaps.numpy()[..., 0], chosen.numpy(), probabilities.numpy(),
+                       "/".join(lay.name for lay in path))
 
 
 def spatial_layer_names(model):
@@ -197,4 +205,4 @@ def _grad_cam(features, gradients, size):
     maps = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1, keepdims=True))
     peak = tf.reduce_max(maps, axis=(1, 2, 3), keepdims=True)
     maps = tf.math.divide_no_nan(maps, peak)
-    return tf.image.resize(maps, size, method="bilinear").numpy()[..., 0].astype(np.float32)
+    return tf.image.resize(maps, size, method="bilinear")

@@ -182,7 +182,7 @@ def cam_overlay(images, heatmaps, titles):
         else:
             axis.imshow(np.clip(image, 0, 1))
         axis.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
-        axis.set_title(title, fontsize=8)
+        axis.set_title(title, fontsize=10)
         axis.axis("off")
     figure.tight_layout()
     return figure
@@ -240,15 +240,15 @@ def corruption_examples(image, seed=0):
     names, severities = corruptions.CORRUPTIONS, corruptions.SEVERITIES
     figure, axes = plt.subplots(len(names), len(severities) + 1, figsize=(1.3 * (len(severities) + 1),
                                                                          1.3 * len(names) + 0.3))
-    for row, name in zip(axes, names):
+    for row_index, (row, name) in enumerate(zip(axes, names)):
         for column, (axis, severity) in enumerate(zip(row, (0, *severities))):
             shown = image if severity == 0 else corruptions.corrupt(image, name, severity, seed)
             axis.imshow(np.clip(np.asarray(shown, dtype=np.float32) / 255.0, 0, 1), interpolation="nearest")
             axis.set_xticks([])
             axis.set_yticks([])
             if column == 0:
-                axis.set_ylabel(name, fontsize=7)
-            if row is axes[0]:
-                axis.set_title("clean" if severity == 0 else f"severity {severity}", fontsize=7)
+                axis.set_ylabel(name, fontsize=8)
+            if row_index == 0:
+                axis.set_title("clean" if severity == 0 else f"severity {severity}", fontsize=8)
     figure.tight_layout()
     return figure
