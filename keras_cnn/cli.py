@@ -140,29 +140,16 @@ def cmd_show(args):
     if args.filters:
         written.append(viz.save(viz.filters(model, args.layer), os.path.join(out, "filters.png")))
     if args.cam:
-        written.append(_show_cam(model, class_names, args, out))
+        from keras_cnn.explaining import overlay
+
+        path = os.path.join(out, "cam", os.path.splitext(os.path.basename(args.image))[0] + ".png")
+        written.append(viz.save(overlay(model, args.image, class_names, args.class_index, args.cam_layer), path))
     elif args.image:
         base = os.path.splitext(os.path.basename(args.image))[0]
         for layer in args.layers or viz.conv_and_pool_layers(model):
             path = os.path.join(out, "feature_maps", f"{base}_{layer}.png")
             written.append(viz.save(viz.feature_maps(model, args.image, [layer]), path))
     print("\n".join(written))
-
-
-def _show_cam(model, class_names, args, out):
-    """Write OUT/cam/<image>.png: the image, its Grad-CAM map and the top classes in the title."""
-    import numpy as np
-
-    from keras_cnn import viz
-    from keras_cnn.explaining import explain
-
-    explanation = explain(model, args.image, class_index=args.class_index, layer=args.cam_layer)
-    probabilities = explanation.probabilities[0]
-    names = class_names or [str(k) for k in range(len(probabilities))]
-    top = ", ".join(f"{names[k]} {probabilities[k]:.2f}" for k in np.argsort(-probabilities)[:3])
-    title = f"Grad-CAM of {names[explanation.class_indices[0]]} at {explanation.layer}\n{top}"
-    path = os.path.join(out, "cam", os.path.splitext(os.path.basename(args.image))[0] + ".png")
-    return viz.save(viz.cam_overlay(explanation.images, explanation.heatmaps, [title]), path)
 
 
 def _configure_logging():
@@ -347,8 +334,9 @@ def parser():
 
     s = sub.add_parser("show", help="feature maps and filters of a trained model as PNG grids",
                        description="Render what a trained model sees: the feature maps of every conv/pool layer "
-                       "for an image (one PNG grid per layer, under RUN/feature_maps/) and/or the first conv "
-                       "layer's filters (RUN/filters.png). Inference mode: no augmentation.")
+                       "for an image (one PNG grid per layer, under RUN/feature_maps/), or with --cam its Grad-CAM "
+                       "heat map (RUN/cam/), and/or the first conv layer's filters (RUN/filters.png). Inference "
+                       "mode: no augmentation.")
     s.add_argument("source", help="a run folder or a .keras file")
     s.add_argument("--image", help="an image file to run through the model")
     s.add_argument("--layers", nargs="+", metavar="LAYER", help="only these layers (default: every conv/pool)")
@@ -384,8 +372,10 @@ def parser():
     s.set_defaults(handler=cmd_train)
 
     s = sub.add_parser("evaluate", help="evaluate a run folder on its test split (or other data)",
-                       description="Accuracy, top-5, loss, per-class precision/recall/F1 and the confusion matrix. "
-                       "On the run's own test data this also rewrites its metrics.json and confusion_matrix.png.")
+                       description="Accuracy, top-5, loss, per-class precision/recall/F1, the confusion matrix and "
+                       "calibration (ECE, NLL, Brier); optionally temperature scaling and the accuracy under "
+                       "corruptions. On the run's own test data this also rewrites its metrics.json, "
+                       "confusion_matrix.png, reliability.png (and corruptions.png) and README.md.")
     s.add_argument("run", help="a run folder written by `keras-cnn train`")
     _add_data_arguments(s, "default: the run's own data")
     s.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
@@ -400,7 +390,7 @@ def parser():
     s.add_argument("--severities", type=int, nargs="+", metavar="S", help="corruption severities from 1 to 5 "
                    "(default: 1 2 3 4 5)")
     s.add_argument("--artifact", metavar="FILE", help="measure the corruptions on an exported model (e.g. "
-                   "EXPORT/model_int8.tflite) instead of the Keras model")
+                   "EXPORT/deeper_int8.tflite) instead of the Keras model")
     s.add_argument("--seed", type=int, default=0, help="seed of the corruptions' noise (default 0)")
     s.set_defaults(handler=cmd_evaluate)
 

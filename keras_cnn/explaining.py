@@ -73,6 +73,18 @@ def explain(run_or_model, images, class_index=None, layer=None):
                        "/".join(lay.name for lay in path))
 
 
+def overlay(run_or_model, image, class_names=None, class_index=None, layer=None):
+    """A figure of one image with its Grad-CAM map, the explained class and the top three classes in the title."""
+    from keras_cnn import viz
+
+    explanation = explain(run_or_model, image, class_index, layer)
+    probabilities = explanation.probabilities[0]
+    names = class_names or [str(k) for k in range(len(probabilities))]
+    top = ", ".join(f"{names[k]} {probabilities[k]:.2f}" for k in np.argsort(-probabilities)[:3])
+    title = f"Grad-CAM of {names[explanation.class_indices[0]]} at {explanation.layer}\n{top}"
+    return viz.cam_overlay(explanation.images, explanation.heatmaps, [title])
+
+
 def spatial_layer_names(model):
     """Names of the layers with a spatial output, nested models' inner layers as "outer/inner"."""
     names = []
