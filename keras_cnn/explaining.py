@@ -14,6 +14,7 @@ probability (0.9999) vanishes, its log's does not, and it differs from the usual
 a term shared by all classes.
 """
 import dataclasses
+import os
 
 import numpy as np
 
@@ -127,6 +128,8 @@ def _file_shape(path, expected):
     """The model's input shape, with the file's own height or width where the model takes any."""
     from keras_cnn.data import image_header
 
+    if None not in expected[:2] or not os.path.isfile(str(path)):  # read_image reports a missing file
+        return tuple(d or 1 for d in expected)
     own = image_header(str(path)) or (None, None)
     return tuple(want or got or 1 for want, got in zip(expected, (*own, expected[-1])))
 
