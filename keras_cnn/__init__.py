@@ -25,6 +25,7 @@ _LAZY = {
     "load_model": "keras_cnn.io:load_model",
     "train": "keras_cnn.training:train",
     "evaluate": "keras_cnn.evaluation:evaluate",
+    "explain": "keras_cnn.explaining:explain",
     "export": "keras_cnn.exporting:export",
     "predict": "keras_cnn.prediction:predict",
     "tune": "keras_cnn.tuning:search",

@@ -5,7 +5,6 @@ Each subcommand imports what it needs when it runs, so `keras-cnn --help` and
 one line (`keras-cnn: error: ...`, exit status 2), command-line mistakes too;
 `--debug` shows the traceback.
 """
-import argparse
 import json
 import logging
 import os
@@ -16,47 +15,6 @@ import sys
 # line that says how to see its traceback.
 USER_ERRORS = (ValueError, OSError)
 LOG_HANDLER = "keras_cnn.cli"
-
-
-def train_options():
-    """`keras-cnn train` options: name -> (flags, argparse keywords). The names are `keras_cnn.train` keywords, so
-    `--config RUN/config.json` can fill any of them from a previous run; choices and defaults are the library's."""
-    import inspect
-
-    from keras_cnn import options, precision, recipes
-    from keras_cnn.training import train
-
-    default = {name: parameter.default for name, parameter in inspect.signature(train).parameters.items()}
-    return {
-        "epochs": (("--epochs",), dict(type=int, help=f"training epochs (default {default['epochs']})")),
-        "batch_size": (("--batch-size",), dict(type=int, help=f"batch size (default {default['batch_size']})")),
-        "recipe": (("--recipe",), dict(choices=recipes.RECIPES, help="sgd: seed 003's SGD momentum 0.9, lr 0.1 "
-                                       f"cosine, L2 5e-4; adam: Adam 1e-3 (default {default['recipe']})")),
-        "learning_rate": (("--lr",), dict(type=float, help="peak learning rate (default: the recipe's)")),
-        "label_smoothing": (("--label-smoothing",), dict(type=float, help="label smoothing, e.g. 0.1 (default "
-                                                         f"{default['label_smoothing']})")),
-        "precision": (("--precision",), dict(choices=precision.PRECISIONS, help="auto measures what is fastest on "
-                                             f"this machine (default {default['precision']})")),
-        "mixup": (("--mixup",), dict(type=float, help="MixUp alpha on batches, e.g. 0.2 (default off)")),
-        "cutmix": (("--cutmix",), dict(type=float, help="CutMix strength on batches, e.g. 1.0 (default off)")),
-        "seed": (("--seed",), dict(type=int, help="seed for weights, data order and augmentation "
-                                   f"(default {default['seed']})")),
-        "early_stopping": (("--early-stopping",), dict(type=int, metavar="PATIENCE", help="stop after PATIENCE "
-                                                       "epochs without improvement")),
-        "tensorboard": (("--tensorboard",), dict(action="store_true", default=None, help="write TensorBoard logs")),
-        "strategy": (("--strategy",), dict(choices=[s for s in options.STRATEGIES if s],
-                                           help="data-parallel training over local devices")),
-        "class_weights": (("--class-weights",), dict(action="store_true", default=None,
-                                                     help="weight classes by inverse frequency (imbalanced data)")),
-        "input_shape": (("--input-shape",), dict(type=int, nargs=3, metavar=("H", "W", "C"),
-                                                 help="model input (default: the data's, resized up if needed)")),
-        "weights": (("--weights",), dict(help="initial weights: a .weights.h5 file; for *_transfer models the "
-                                         "backbone's: imagenet, a weights file, a .keras model or a run folder")),
-        "fine_tune_epochs": (("--fine-tune-epochs",), dict(type=int, help="transfer models: epochs of phase 2, "
-                                                           "with the top backbone blocks unfrozen at 1/100 of the lr")),
-        "unfreeze": (("--unfreeze",), dict(type=int, metavar="BLOCKS", help="transfer models: backbone blocks to "
-                                           "fine-tune, from the top (default: all)")),
-    }
 
 
 # TensorFlow prints start-up notices (oneDNN's, on AVX-512 CPUs) through absl before its logging is set up,
@@ -138,16 +96,25 @@ def cmd_show(args):
     from keras_cnn import io, runs, viz
 
     if os.path.isdir(args.source):
-        model, folder = runs.load(args.source).model, args.source
+        run = runs.load(args.source)
+        model, folder, class_names = run.model, args.source, run.class_names
     else:
-        model, folder = io.load_model(args.source), os.path.dirname(os.path.abspath(args.source))
+        model, folder, class_names = io.load_model(args.source), os.path.dirname(os.path.abspath(args.source)), None
     out = args.out or folder
+    if args.cam and not args.image:
+        raise ValueError("--cam needs the image to explain: --image IMAGE. Received: image=None")
     if not args.image and not args.filters:
-        raise ValueError("say what to show: --image IMAGE (feature maps) and/or --filters")
+        raise ValueError("say what to show: --image IMAGE (feature maps, or with --cam a Grad-CAM map) and/or "
+                         "--filters")
     written = []
     if args.filters:
         written.append(viz.save(viz.filters(model, args.layer), os.path.join(out, "filters.png")))
-    if args.image:
+    if args.cam:
+        from keras_cnn.explaining import overlay
+
+        path = os.path.join(out, "cam", os.path.splitext(os.path.basename(args.image))[0] + ".png")
+        written.append(viz.save(overlay(model, args.image, class_names, args.class_index, args.cam_layer), path))
+    elif args.image:
         base = os.path.splitext(os.path.basename(args.image))[0]
         for layer in args.layers or viz.conv_and_pool_layers(model):
             path = os.path.join(out, "feature_maps", f"{base}_{layer}.png")
@@ -175,6 +142,7 @@ def _data_options(args):
 def cmd_train(args):
     _quiet_tensorflow()
     from keras_cnn import runs
+    from keras_cnn.cli_parser import train_options
     from keras_cnn.training import train
 
     kwargs = {"data": "digits"}
@@ -201,10 +169,6 @@ def cmd_train(args):
         from keras_cnn.exporting import export
 
         export(run, formats=args.export)
-
-
-def _csv(text):
-    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def cmd_export(args):
@@ -240,7 +204,9 @@ def cmd_evaluate(args):
     data = None
     if args.data or _data_options(args):
         data = run.load_data(args.data, **_data_options(args))
-    print(evaluate(run, data, split=args.split, tta=args.tta))
+    corruptions = True if args.corruptions in (True, ("all",)) else args.corruptions
+    print(evaluate(run, data, split=args.split, tta=args.tta, calibrate=args.calibrate, corruptions=corruptions,
+                   severities=args.severities, artifact=args.artifact, seed=args.seed))
 
 
 def cmd_tune(args):
@@ -279,196 +245,27 @@ def cmd_data_download(args):
     print(builder(args.spec, args.data_dir).data_dir)
 
 
-def _add_data_arguments(s, default_note):
-    s.add_argument("--data", metavar="SPEC", help=f"'digits', 'tfds:NAME[:CONFIG]', 'folder:PATH' ({default_note})")
-    s.add_argument("--val-fraction", type=float, help="validation share carved from train when the data has none")
-    s.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images when loading")
-    s.add_argument("--data-dir", help="tensorflow-datasets folder: prepared data sets, and where tfds: downloads go")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors, like every other `keras-cnn` error (exit status 2)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
-
-
-def parser():
-    from keras_cnn import options
-
-    p = _Parser(
-        prog="keras-cnn",
-        description="A Keras 3 model zoo of the classic tutorial CNNs: list, describe, train, evaluate, "
-        "tune and export them.",
-        epilog="Run `keras-cnn COMMAND --help` for a command's options.",
-    )
-    p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    s = sub.add_parser("list", help="list the registered models", description="List the registered models "
-                       "with their default input shape and a one-line summary.")
-    s.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'res*' (default: all)")
-    output = s.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print full model information as JSON")
-    output.add_argument("--markdown", action="store_true", help="print the model table for the README")
-    s.set_defaults(handler=cmd_list)
-
-    s = sub.add_parser("describe", help="per-layer shapes, parameters, MACs and receptive fields",
-                       description="Build a model and print one row per layer: output shape, kernel and stride, "
-                       "parameters, multiply-accumulates, receptive field and jump.")
-    s.add_argument("model", help="a registered model name (see `keras-cnn list`)")
-    s.add_argument("--input-shape", type=int, nargs=3, metavar=("H", "W", "C"), help="input height, width, channels")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="variant override, e.g. --set head=gap --set filters=[16,32] (repeatable)")
-    s.add_argument("--json", action="store_true", help="print the table as JSON")
-    s.add_argument("--plot", action="store_true", help="also chart receptive field and feature-map size per layer")
-    s.add_argument("--plot-out", metavar="PNG", help="where to write the chart (default MODEL_receptive_field.png)")
-    s.set_defaults(handler=cmd_describe)
-
-    s = sub.add_parser("show", help="feature maps and filters of a trained model as PNG grids",
-                       description="Render what a trained model sees: the feature maps of every conv/pool layer "
-                       "for an image (one PNG grid per layer, under RUN/feature_maps/) and/or the first conv "
-                       "layer's filters (RUN/filters.png). Inference mode: no augmentation.")
-    s.add_argument("source", help="a run folder or a .keras file")
-    s.add_argument("--image", help="an image file to run through the model")
-    s.add_argument("--layers", nargs="+", metavar="LAYER", help="only these layers (default: every conv/pool)")
-    s.add_argument("--filters", action="store_true", help="draw the kernels of a conv layer")
-    s.add_argument("--layer", help="the conv layer for --filters (default: the first)")
-    s.add_argument("--out", help="folder for the PNG files (default: the run folder)")
-    s.set_defaults(handler=cmd_show)
-
-    s = sub.add_parser("train", help="train a model and write a run folder",
-                       description="Train a zoo model on a data set. Writes saved_models/<model>-<data>-<time>/ "
-                       "(model.keras, config.json, labels.txt, history.csv, metrics.json, curves.png, "
-                       "confusion_matrix.png, README.md). With no options: `small` on the offline digits data.",
-                       epilog="Examples: keras-cnn train small | keras-cnn train deeper --data folder:/data/cifar10 "
-                       "--epochs 30 --augment basic --recipe sgd --out saved_models/deeper-cifar10")
-    s.add_argument("model", nargs="?", help="a registered model name (see `keras-cnn list`)")
-    _add_data_arguments(s, "default: digits, offline")
-    for name, (flags, keywords) in train_options().items():
-        s.add_argument(*flags, dest=name, **keywords)
-    s.add_argument("--augment", choices=options.AUGMENT_PRESETS, help="augmentation preset")
-    s.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model override, e.g. --set dropout=0.3")
-    s.add_argument("--out", help="run folder (default saved_models/<model>-<data>-<time>)")
-    s.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    s.add_argument("--config", metavar="CONFIG_JSON", help="rerun a previous run: RUN_DIR/config.json (or RUN_DIR)")
-    s.add_argument("--export", type=_csv, metavar="FORMATS",
-                   help="then export and verify the run: saved_model, tflite, onnx (comma-separated; TFLite as "
-                   "float32 and int8), as `keras-cnn export RUN --formats FORMATS`")
-    s.set_defaults(handler=cmd_train)
-
-    s = sub.add_parser("evaluate", help="evaluate a run folder on its test split (or other data)",
-                       description="Accuracy, top-5, loss, per-class precision/recall/F1 and the confusion matrix. "
-                       "On the run's own test data this also rewrites its metrics.json and confusion_matrix.png.")
-    s.add_argument("run", help="a run folder written by `keras-cnn train`")
-    _add_data_arguments(s, "default: the run's own data")
-    s.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
-    s.add_argument("--tta", choices=("flip",), help="test-time augmentation: average each image's prediction with "
-                   "its mirror image's (not for digits or text); leaves the run's metrics.json alone")
-    s.set_defaults(handler=cmd_evaluate)
-
-    s = sub.add_parser("export", help="export a run to SavedModel / TFLite / ONNX, each verified against Keras",
-                       description="Export a trained run folder for serving and mobile: a float32 inference "
-                       "rebuild (no augmentation) as a SavedModel, TFLite files (built-in ops only) and ONNX. "
-                       "Each artifact is re-loaded in its own runtime and checked on up to 2,000 test images; "
-                       "a float32 artifact that differs from Keras by more than 1e-4 fails the export. Writes "
-                       "RUN/export/ (or --out) with labels.txt, a JSON sidecar per artifact and export_report.json. "
-                       "Every .tflite takes RGB images and carries the TFLite metadata MediaPipe Tasks reads "
-                       "(size, normalization, labels); each is also loaded by MediaPipe's ImageClassifier from the "
-                       "file alone and must agree with LiteRT.",
-                       epilog="Examples: keras-cnn export saved_models/small-digits | keras-cnn export RUN "
-                       "--formats tflite --quantize float32,float16,dynamic,int8 --rescue")
-    s.add_argument("run", help="a run folder written by `keras-cnn train`")
-    s.add_argument("--formats", type=_csv, default=("saved_model", "tflite"), metavar="LIST",
-                   help="comma-separated: saved_model, tflite, onnx (default: saved_model,tflite; onnx needs "
-                   'pip install -e ".[onnx]")')
-    s.add_argument("--quantize", type=_csv, default=("float32", "int8"), metavar="LIST",
-                   help="TFLite variants, comma-separated: float32, float16, dynamic, int8 (default: float32,int8)")
-    s.add_argument("--io", choices=("uint8", "int8"), default="uint8",
-                   help="input/output type of the int8 TFLite model: uint8 takes raw pixels, as cameras and "
-                   "MediaPipe give them (default: uint8); int8 files do not load in MediaPipe")
-    s.add_argument("--out", metavar="DIR", help="output folder (default: RUN/export)")
-    _add_data_arguments(s, "calibration and test data; default: the run's own data")
-    s.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
-                   help="flag quantized models that lose more top-1 accuracy than this (default: 1.0)")
-    s.add_argument("--rescue", action="store_true",
-                   help="if int8 loses more than --max-accuracy-drop, keep its worst layers in float until it does not")
-    s.add_argument("--author", help="author written into the TFLite metadata")
-    s.add_argument("--license", help="licence written into the TFLite metadata, e.g. Apache-2.0")
-    s.add_argument("--converter", choices=("saved_model", "keras"), default="saved_model",
-                   help="TFLite through TensorFlow's converter on the SavedModel (default) or Keras's own "
-                   "model.export(format='litert'), with the same settings")
-    s.set_defaults(handler=cmd_export)
-
-    s = sub.add_parser("predict", help="top classes of image files with a run or an exported model",
-                       description="Predict image files with a run folder, a .keras file, a SavedModel folder, "
-                       "a .tflite or an .onnx file. Images are resized and converted (gray/RGB) as in training. "
-                       "A missing or unreadable image is reported on its own line (stderr) and the others are "
-                       "still predicted; the exit status is then 1.")
-    s.add_argument("artifact", help="run folder, .keras file, SavedModel folder, .tflite or .onnx file")
-    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF)")
-    s.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
-    s.add_argument("--client", choices=("mediapipe",), help="classify a .tflite with MediaPipe Tasks' "
-                   "ImageClassifier, from the file's own metadata (labels, normalization), as an app would")
-    s.set_defaults(handler=cmd_predict)
-
-    s = sub.add_parser("tune", help="search for the best model and settings under a budget (keras-tuner)",
-                       description="Search a space of zoo models and training settings with keras-tuner, list "
-                       "every trial, and retrain the best settings on train + val into a run folder. "
-                       "Configurations that cannot work on the data or break a budget are rejected before training.",
-                       epilog="Examples: keras-cnn tune --data digits --tuner hyperband --max-epochs 9 | keras-cnn "
-                       "tune --data folder:/data/pets --tuner bayesian --max-trials 50 --max-tflite-kb 300 --resume "
-                       "--out saved_models/tune-pets")
-    _add_data_arguments(s, "default: digits, offline")
-    s.add_argument("--space", default="cnn", help="search space: a name (cnn) or package.module:function")
-    s.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random",
-                   help="random or bayesian (--max-trials trials of --epochs), or hyperband (--max-epochs, --factor)")
-    s.add_argument("--max-trials", type=int, default=10, help="trials of random/bayesian search (default 10)")
-    s.add_argument("--epochs", type=int, default=5, help="epochs of each random/bayesian trial (default 5)")
-    s.add_argument("--max-epochs", type=int, default=9, help="hyperband: most epochs a model trains (default 9)")
-    s.add_argument("--factor", type=int, default=3, help="hyperband: reduction factor between rounds (default 3)")
-    s.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the proposals, the weights and the split (default 0)")
-    s.add_argument("--out", help="search folder (default saved_models/tune-<data>-<time>)")
-    s.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
-    s.add_argument("--max-params", type=int, metavar="N", help="budget: parameters")
-    s.add_argument("--max-macs", type=int, metavar="N", help="budget: multiply-accumulates per image")
-    s.add_argument("--max-tflite-kb", type=float, metavar="KB", help="budget: float32 TFLite file size")
-    s.add_argument("--max-latency-ms", type=float, metavar="MS", help="budget: TFLite batch-1 latency on this machine")
-    s.add_argument("--distributed", action="store_true",
-                   help="run keras-tuner's chief and --workers workers as processes on this machine")
-    s.add_argument("--workers", type=int, default=2, help="worker processes with --distributed (default 2)")
-    s.add_argument("--no-retrain", action="store_true", help="keep the best trial's checkpoint, do not retrain")
-    s.add_argument("--quiet", action="store_true", help="no per-trial report")
-    s.set_defaults(handler=cmd_tune)
-
-    s = sub.add_parser("weights", help="manage pretrained backbone weights (Keras cache)",
-                       description="Pretrained ImageNet weights for the *_transfer models live in the Keras cache "
-                       "(~/.keras/models). On a connected machine `keras-cnn weights download resnet50` fills it; "
-                       "copy that file to offline machines.")
-    weights = s.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
-    s = weights.add_parser("download", help="download a backbone's ImageNet weights into the Keras cache")
-    s.add_argument("name", help="backbone: resnet50, resnet50v2, mobilenetv2, mobilenetv3small, efficientnetb0")
-    s.set_defaults(handler=cmd_weights_download)
-
-    s = sub.add_parser("data", help="prepare TensorFlow Datasets data sets ahead of time",
-                       description="`tfds:NAME` data sets download and prepare on first use where the network "
-                       "allows; `keras-cnn data download tfds:NAME` does it ahead of time (for offline machines: "
-                       "copy the folder and pass it as --data-dir).")
-    data = s.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    s = data.add_parser("download", help="download and prepare a tfds data set; prints its folder")
-    s.add_argument("spec", help="tfds:NAME or tfds:NAME:CONFIG, e.g. tfds:cifar10")
-    s.add_argument("--data-dir", help="tensorflow-datasets folder to prepare it in (default ~/tensorflow_datasets)")
-    s.set_defaults(handler=cmd_data_download)
-    return p
+HANDLERS = {  # the parser's `handler` names -> the functions that run them
+    "list": cmd_list,
+    "describe": cmd_describe,
+    "show": cmd_show,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "export": cmd_export,
+    "predict": cmd_predict,
+    "tune": cmd_tune,
+    "weights_download": cmd_weights_download,
+    "data_download": cmd_data_download,
+}
 
 
 def main(argv=None):
+    from keras_cnn.cli_parser import parser
+
     args = parser().parse_args(argv)
     _configure_logging()
     try:
-        status = args.handler(args)
+        status = HANDLERS[args.handler](args)
     except USER_ERRORS as error:
         if args.debug:
             raise

@@ -20,7 +20,7 @@ not 600 MB. Images resized to a common size are rounded back to uint8 for the sa
 
 Bad files in folders: files without an image extension (.txt, .DS_Store, ...) are skipped with one logged
 count. Every file with an image extension has its header read (a few bytes, no decoding in Python): a file
-that is not a JPEG/PNG/BMP/GIF, whose header is cut short, or that has more than ``MAX_IMAGE_PIXELS`` pixels
+that is not a JPEG/PNG/BMP/GIF, whose header is cut short, or that has more than ``image_files.MAX_IMAGE_PIXELS`` pixels
 (a decompression bomb: a 100 KB PNG can claim 10000x10000) fails with a ValueError naming it. A file whose
 header is fine but whose body TensorFlow cannot decode (truncated, 1-bit BMP) is dropped by the pipeline with
 a TensorFlow warning, so ``sizes`` counts it but batches do not contain it. CMYK JPEGs, 16-bit PNGs (scaled to
@@ -34,19 +34,18 @@ import dataclasses
 import logging
 import numbers
 import os
-import struct
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
+from keras_cnn.image_files import image_header
 from keras_cnn.io import first_line
 
 logger = logging.getLogger("keras_cnn")
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-MAX_IMAGE_PIXELS = 8192 * 8192  # 64 megapixels (200 MB decoded as RGB): larger images are refused
 _HEADER_SAMPLE = 256  # files whose size and colour mode are read to pick the folder defaults
 _SHUFFLE_BUFFER = 10_000  # splits are stored in a seeded random order, so a bounded buffer suffices
 _AUTOTUNE = tf.data.AUTOTUNE
@@ -410,48 +409,6 @@ def read_image(image, shape):
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
         raise ValueError(f"{path}: not a readable image ({', '.join(IMAGE_EXTENSIONS)})") from None
     return tf.cast(_adapt(decoded, shape), tf.float32).numpy()
-
-
-def image_header(path):
-    """(height, width) from the header of a JPEG/PNG/BMP/GIF file; None if it is none of them or the header is
-    cut short. Raises ValueError naming the file if it has more than ``MAX_IMAGE_PIXELS`` pixels."""
-    with open(path, "rb") as handle:
-        head = handle.read(26)
-        if head.startswith(b"\xff\xd8\xff"):
-            size = _jpeg_size(handle)
-        elif head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 24:
-            size = struct.unpack(">II", head[16:24])[::-1]
-        elif head.startswith((b"GIF87a", b"GIF89a")) and len(head) >= 10:
-            size = struct.unpack("<HH", head[6:10])[::-1]
-        elif head.startswith(b"BM") and len(head) >= 26:
-            os2 = head[14:18] == b"\x0c\0\0\0"  # OS/2 headers (12 bytes long) have 16-bit sizes
-            width, height = struct.unpack("<HH", head[18:22]) if os2 else struct.unpack("<ii", head[18:26])
-            size = (abs(height), width)  # a negative height means top-down rows
-        else:
-            return None
-    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise ValueError(f"{path} has {size[1]}x{size[0]} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
-                         "(a guard against decompression bombs); downscale or remove it.")
-    return size
-
-
-def _jpeg_size(handle):
-    """(height, width) from the first start-of-frame marker of a JPEG, or None if the file ends first."""
-    handle.seek(2)
-    while True:
-        marker = handle.read(4)  # 0xFF, the marker type, a 2-byte segment length
-        if len(marker) < 4 or marker[0] != 0xFF:
-            return None
-        if marker[1] == 0xFF:  # fill byte before a marker
-            handle.seek(-3, os.SEEK_CUR)
-        elif 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):  # SOF0-15 but DHT, JPG, DAC
-            frame = handle.read(5)  # precision, height, width
-            return struct.unpack(">HH", frame[1:]) if len(frame) == 5 else None
-        else:
-            length = struct.unpack(">H", marker[2:])[0]  # counts its own 2 bytes
-            if length < 2:
-                return None
-            handle.seek(length - 2, os.SEEK_CUR)
 
 
 def _stored_shape(native_size, native_channels, image_size, channels):

@@ -1,4 +1,9 @@
-"""Evaluation: accuracy, top-5, loss, per-class precision/recall/F1 and the confusion matrix.
+"""Evaluation: accuracy, top-5, loss, per-class precision/recall/F1, the confusion matrix and calibration.
+
+Every report holds the calibration metrics of `keras_cnn.calibration` (ECE, NLL, Brier score);
+`calibrate=True` first fits temperature scaling on the validation split and stores it in the model.
+`corruptions=True` adds the accuracy under CIFAR-10-C-style corruptions (`keras_cnn.corruptions`), of the
+Keras model or of an exported `artifact` such as an int8 TFLite file.
 
 Predictions always come from `model.predict`, which runs the inference graph
 (`training=False`: no augmentation, BatchNorm in inference mode). `tta="flip"`
@@ -26,6 +31,8 @@ class Report:
     per_class: list  # [{"class", "precision", "recall", "f1", "support"}, ...]
     confusion_matrix: list  # rows: true class, columns: predicted class
     tta: str = None  # test-time augmentation: None or "flip"
+    calibration: dict = None  # keras_cnn.calibration.metrics, plus temperature and "before" when calibrated
+    corruptions: dict = None  # artifact name -> keras_cnn.corruptions.Robustness.to_dict()
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -39,7 +46,24 @@ class Report:
         for row in self.per_class:
             lines.append(f"{row['class'][:16]:<16} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>6.3f} "
                          f"{row['support']:>8}")
+        if self.calibration:
+            lines[1:1] = [_calibration_line(self.calibration)]
+        from keras_cnn.corruptions import Robustness
+
+        for robustness in (self.corruptions or {}).values():
+            lines += ["", str(Robustness(**robustness))]
         return "\n".join(lines)
+
+
+def _calibration_line(calibration):
+    line = (f"calibration: ECE {calibration['ece_pct']:.2f}% ({calibration['bins']} bins)  NLL {calibration['nll']:.4f}"
+            f"  Brier {calibration['brier']:.4f}")
+    if calibration.get("temperature"):
+        line += f"  temperature {calibration['temperature']:.3f}"
+    before = calibration.get("before")
+    if before:
+        line += f" (before it: ECE {before['ece_pct']:.2f}%  NLL {before['nll']:.4f}  Brier {before['brier']:.4f})"
+    return line
 
 
 def predict_probabilities(model, dataset, tta=None):
@@ -61,6 +85,8 @@ def report(probabilities, labels, class_names, split="test", tta=None):
     """The metrics of predicted `probabilities` against integer `labels`."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+    from keras_cnn import calibration
+
     if probabilities.shape[1] == 1:  # one sigmoid unit: P(class 1)
         probabilities = np.concatenate([1 - probabilities, probabilities], axis=1)
     classes = list(range(len(class_names)))
@@ -77,10 +103,11 @@ def report(probabilities, labels, class_names, split="test", tta=None):
                  for name, p, r, f, s in zip(class_names, precision, recall, f1, support)]
     matrix = confusion_matrix(labels, predicted, labels=classes).tolist()
     return Report(split, int(len(labels)), float(np.mean(predicted == labels)), loss, top5, list(class_names),
-                  per_class, matrix, tta)
+                  per_class, matrix, tta, calibration.metrics(probabilities, labels))
 
 
-def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None, tta=None):
+def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None, tta=None, calibrate=False,
+             corruptions=None, severities=None, artifact=None, seed=0):
     """Evaluate a model (or a run folder) on a data split; with a run folder, update its metrics.json.
 
     Args:
@@ -90,11 +117,17 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
         out: a folder to write `metrics.json` and `confusion_matrix.png` to (default: the run folder,
             when evaluating on the run's own data without test-time augmentation).
         tta: None, or "flip" to average each image's prediction with its mirror image's.
+        calibrate: fit a temperature on the validation split and store it in the model (a run folder's
+            model.keras is replaced; the first original is kept as model_uncalibrated.keras).
+        corruptions: None, True (all of `keras_cnn.corruptions.CORRUPTIONS`) or a list of their names:
+            also measure the accuracy on the split corrupted at `severities` (default 1-5), noise seeded
+            by `seed`, of the Keras model or of `artifact` (an exported file, e.g. an int8 .tflite).
     """
-    from keras_cnn import io, runs, viz
+    from keras_cnn import runs
     from keras_cnn.data import ImageData, load_data
 
     _check_tta(tta)  # before the slow part: loading the model and the data
+    corruptions, severities = _check_corruptions(corruptions, severities, artifact)
     run = runs.as_run(model_or_run) if runs.is_run(model_or_run) else None
     model = run.model if run else model_or_run
     own_data = data is None and run is not None
@@ -105,13 +138,102 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
     class_names = run.class_names if run else data.class_names
     check_compatible(model, data)
     dataset = data.pipeline(split, batch_size=batch_size, image_shape=tuple(model.input_shape[1:]))
-    result = report(*predict_probabilities(model, dataset, tta), class_names, split, tta)
+    probabilities, labels = predict_probabilities(model, dataset, tta)
+    curves = {split: (probabilities, labels)}
+    if calibrate:
+        before = report(probabilities, labels, class_names, split, tta).calibration
+        model = _calibrate(run, model, data, batch_size)
+        probabilities, labels = predict_probabilities(model, dataset, tta)
+    result = report(probabilities, labels, class_names, split, tta)
+    if "temperature" in [layer.name for layer in model.layers]:  # a model calibrated now or before
+        result.calibration["temperature"] = model.get_layer("temperature").temperature
+    if calibrate:
+        temperature = result.calibration["temperature"]
+        result.calibration["before"] = before
+        curves = {"before temperature scaling": curves[split],
+                  f"after (T = {temperature:.2f})": (probabilities, labels)}
     # never overwrite the run's own metrics with other data or another evaluation protocol
     folder = out or (run.path if own_data and split == "test" and not tta else None)
+    if corruptions:
+        _evaluate_corruptions(result, model, class_names, data, split, corruptions, severities, artifact, seed)
     if folder:
-        io.write_json(f"{folder}/metrics.json", result.to_dict())
-        viz.save(viz.confusion_matrix(result.confusion_matrix, class_names), f"{folder}/confusion_matrix.png")
+        _write(folder, result, curves, run if own_data else None, data)
     return result
+
+
+def _check_corruptions(corruptions, severities, artifact):
+    """(corruption names or None, severities), or a one-line error before anything slow happens."""
+    from keras_cnn.corruptions import CORRUPTIONS, SEVERITIES, check
+
+    if not corruptions:
+        if severities is not None or artifact is not None:
+            raise ValueError("severities and artifact are options of the corruption evaluation; pass corruptions="
+                             f"True as well. Received: corruptions={corruptions!r}")
+        return None, None
+    names = CORRUPTIONS if corruptions is True else tuple(corruptions)
+    severities = SEVERITIES if severities is None else tuple(severities)
+    for name in names:
+        for severity in severities:
+            check(name, severity)
+    return names, severities
+
+
+def _calibrate(run, model, data, batch_size):
+    """`model` with a temperature fitted on the validation split; saved into the run folder for a run."""
+    import os
+
+    from keras_cnn import calibration, io
+
+    val = data.pipeline("val", batch_size=batch_size, image_shape=tuple(model.input_shape[1:]))
+    calibrated = calibration.with_temperature(model, calibration.fit_temperature(*predict_probabilities(model, val)))
+    if run is not None:
+        original = run.file("model_uncalibrated.keras")
+        if not os.path.exists(original):
+            io.save_model(model, original)
+        io.save_model(calibrated, run.model_path)
+        run.model = calibrated
+    return calibrated
+
+
+def _evaluate_corruptions(result, model, class_names, data, split, corruptions, severities, artifact, seed):
+    import os
+
+    from keras_cnn import corruptions as corrupting
+    from keras_cnn.prediction import keras_artifact, load_artifact
+
+    target = load_artifact(artifact) if artifact else keras_artifact(model, class_names, "model.keras")
+    x, y = data.arrays(split, image_shape=target.input_shape)
+    robustness = corrupting.robustness(target, x, y, corruptions, severities, seed)
+    robustness.artifact = os.path.basename(os.path.normpath(str(target.path)))
+    result.corruptions = {robustness.artifact: robustness.to_dict()}
+
+
+def _write(folder, result, curves, run, data):
+    """metrics.json (keeping the corruption results of other artifacts), the pictures and, for a run's own
+    folder, its model card."""
+    import json
+    import os
+
+    from keras_cnn import io, runs, viz
+    from keras_cnn.corruptions import Robustness
+
+    path = os.path.join(folder, "metrics.json")
+    earlier = {}
+    if os.path.isfile(path):
+        with open(path) as handle:
+            earlier = json.load(handle).get("corruptions") or {}
+    if earlier or result.corruptions:
+        result.corruptions = {**earlier, **(result.corruptions or {})}
+    io.write_json(path, result.to_dict())
+    viz.save(viz.confusion_matrix(result.confusion_matrix, result.class_names), f"{folder}/confusion_matrix.png")
+    viz.save(viz.reliability_diagram(curves), os.path.join(folder, "reliability.png"))
+    if result.corruptions:
+        tables = [Robustness(**table) for table in result.corruptions.values()]
+        viz.save(viz.corruption_accuracy(tables), os.path.join(folder, "corruptions.png"))
+    if run is not None and os.path.isfile(run.file(runs.CARD_FILE)):  # the card `train` wrote when it finished
+        from keras_cnn.card import model_card
+
+        io.write_text(run.file(runs.CARD_FILE), model_card(run.config, result, data))
 
 
 def _check_tta(tta):

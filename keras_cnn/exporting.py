@@ -39,7 +39,7 @@ import tempfile
 
 import numpy as np
 
-from keras_cnn import tflite_export, tflite_metadata
+from keras_cnn import options, tflite_export, tflite_metadata
 from keras_cnn.export_report import ExportReport, sidecar
 from keras_cnn.io import make_folder, write_json, write_text
 from keras_cnn.prediction import SIGNATURE, keras_artifact, load_artifact, sidecar_path
@@ -48,7 +48,7 @@ from keras_cnn.verification import PARITY_TOLERANCE, TestSet, agreement, flag, m
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
-INTEGER_IO = ("uint8", "int8")
+INTEGER_IO = options.INTEGER_IO
 MAX_TEST_IMAGES = 2000
 AUGMENT_LAYER = "augment"
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"

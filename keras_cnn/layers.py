@@ -139,3 +139,28 @@ class SigmoidToTwoClasses(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], 2)
+
+
+@keras.saving.register_keras_serializable(package="keras_cnn")
+class TemperatureScaling(keras.layers.Layer):
+    """Divides logits by a fixed temperature fitted after training (`keras_cnn.calibration`).
+
+    A temperature above 1 softens over-confident probabilities, below 1 sharpens them; the predicted class
+    never changes. The temperature is a constant of the graph, not a weight: training leaves it alone, and
+    SavedModel and TFLite export it as one multiplication.
+    """
+
+    def __init__(self, temperature=1.0, **kwargs):
+        super().__init__(**kwargs)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive. Received: temperature={temperature!r}")
+        self.temperature = float(temperature)
+
+    def call(self, inputs):
+        return inputs * keras.ops.cast(1.0 / self.temperature, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}

@@ -10,8 +10,11 @@ HEADS = ("flatten", "gap", "gmp")
 DOWNSAMPLES = ("maxpool", "avgpool", "stride")
 PADDINGS = ("valid", "same")
 AUGMENT_PRESETS = ("none", "basic", "strong", "cutout")
-POOLINGS = (None, "avg", "max")
-STRATEGIES = (None, "mirrored")  # of `keras_cnn.train`: one device, or data-parallel over the local ones  # of a model without its top, as keras.applications names them
+POOLINGS = (None, "avg", "max")  # of a model without its top, as keras.applications names them
+STRATEGIES = (None, "mirrored")  # of `keras_cnn.train`: one device, or data-parallel over the local ones
+INTEGER_IO = ("uint8", "int8")  # input/output type of an exported int8 TFLite model (`keras_cnn.export`'s `io`)
+TFLITE_CONVERTERS = ("saved_model", "keras")  # `keras_cnn.export`'s `converter`
+CLIENTS = (None, "mediapipe")  # `keras_cnn.predict`'s `client`
 
 
 def fail(message, name, value):

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from keras_cnn import options
 from keras_cnn.artifact import Artifact, interpreter
 from keras_cnn.io import first_line
 
@@ -43,7 +44,7 @@ class Prediction:
         return f"{self.image}: " + ", ".join(f"{label} {probability:.3f}" for label, probability in self.top)
 
 
-CLIENTS = (None, "mediapipe")
+CLIENTS = options.CLIENTS
 
 
 def predict(artifact, images, top=3, client=None):

@@ -14,6 +14,8 @@ import warnings
 
 import numpy as np
 
+from keras_cnn import options
+
 SIGNATURE = "serve"
 DEBUG_IMAGES = 100  # calibration images the quantization debugger runs to measure each layer's error
 
@@ -39,7 +41,7 @@ def mobile_model(model):
     return keras.Model(image, outputs, name=model.name)
 
 
-CONVERTERS = ("saved_model", "keras")
+CONVERTERS = options.TFLITE_CONVERTERS
 
 
 def convert(saved_model, quantization, io, calibration):

@@ -29,9 +29,7 @@ import time
 import types
 from typing import NamedTuple
 
-import numpy as np
-
-from keras_cnn import io, options, recipes, runs
+from keras_cnn import card, io, options, recipes, runs
 from keras_cnn.precision import cpu_model, model_precision, resolve_precision
 
 logger = logging.getLogger("keras_cnn")
@@ -193,11 +191,11 @@ def _fit(call, run, model, data, batches):
         phase = fit(0, call.epochs, last_phase=not call.fine_tune_epochs, append=call.resume)
         losses += phase.history.get("loss", [])
         run.config["fine_tune"] = {"from_epoch": phase.epoch[-1] + 1 if phase.epoch else call.epochs}
-    if call.fine_tune_epochs and all(np.isfinite(losses)):
+    if call.fine_tune_epochs and all(math.isfinite(loss) for loss in losses):
         losses += _fine_tune(call, run, model, fit, batches.steps)
     else:
         run.config.pop("fine_tune")
-    if any(not np.isfinite(v) for v in losses):
+    if any(not math.isfinite(loss) for loss in losses):
         raise TrainingDiverged(f"{TROUBLESHOOTING}. The run folder is {run.path}")
     return best
 
@@ -267,7 +265,7 @@ def _finish(call, run, data, best, *, train_seconds):
     run.config.update(best_epoch=best.best["epoch"], monitor=best.monitor, train_seconds=round(train_seconds, 1),
                       test_accuracy=metrics.accuracy, epochs_run=len(history.get("loss", [])))
     run.write_config()
-    io.write_text(run.file(runs.CARD_FILE), model_card(run.config, metrics, data))
+    io.write_text(run.file(runs.CARD_FILE), card.model_card(run.config, metrics, data))
     os.remove(best.state_path)
     logger.info("%s: test accuracy %.2f%% (best epoch %s), run folder %s", run.config["model"],
                 100 * metrics.accuracy, best.best["epoch"], run.path)
@@ -384,56 +382,10 @@ def _check_resume(run, name, data, image_shape, num_classes):
 
 def _versions():
     import keras
+    import numpy as np
     import tensorflow as tf
 
     import keras_cnn
 
     return {"keras_cnn": keras_cnn.__version__, "keras": keras.__version__, "tensorflow": tf.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
-
-
-def _fine_tune_line(config):
-    tune = config.get("fine_tune")
-    if not tune:
-        return []
-    first, last = tune["from_epoch"] + 1, tune["from_epoch"] + tune["epochs"]
-    return [f"- Fine-tuning: epochs {first}-{last} with the top {len(tune['blocks'])} backbone block(s) trainable "
-            f"({tune['blocks'][0]} ... {tune['blocks'][-1]}; BatchNorm frozen), learning rate {tune['learning_rate']:g}; "
-            f"epochs 1-{tune['from_epoch']} trained the head on the frozen backbone"]
-
-
-def model_card(config, metrics, data):
-    """The run folder's README.md: what the model is, its data, recipe and test metrics, how to load it."""
-    arguments = config["arguments"]
-    overrides = arguments.get("overrides") or {}
-    lines = [
-        f"# {config['model']} trained on {config['data']}",
-        "",
-        f"- Model: `{config['model']}`" + (f" with {overrides}" if overrides else "") +
-        f", input {'x'.join(map(str, config['input_shape']))} raw pixels [0, 255], {config['num_classes']} outputs",
-        f"- Data: `{config['data']}`, {data.sizes['train']} train / {data.sizes['val']} validation / "
-        f"{data.sizes['test']} test images, classes: {', '.join(config['class_names'])}",
-        f"- Recipe: `{arguments['recipe']}`, {arguments['epochs']} epochs (ran {config['epochs_run']}), "
-        f"batch {arguments['batch_size']}, precision {config['precision']}, seed {arguments['seed']}",
-        *_fine_tune_line(config),
-        f"- Best epoch: {config['best_epoch']} (by {config['monitor']}); training took {config['train_seconds']} s",
-        "",
-        "## Test metrics",
-        "",
-        "```",
-        str(metrics),
-        "```",
-        "",
-        "![curves](curves.png) ![confusion matrix](confusion_matrix.png)",
-        "",
-        "## Use it",
-        "",
-        "```python",
-        "import keras_cnn",
-        "run = keras_cnn.load('.')          # model, class names and this config",
-        "```",
-        "or `keras-cnn evaluate <this folder>`, `keras-cnn export <this folder>`. Versions: " +
-        ", ".join(f"{k} {v}" for k, v in config["versions"].items()) + ".",
-        "",
-    ]
-    return "\n".join(lines)

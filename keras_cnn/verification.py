@@ -42,7 +42,10 @@ def rgb_expected(rebuild, x):
 
 
 def measure(artifact, fmt, quantization, test, path, timed=True):
-    """One report row: size, top-1 accuracy, agreement and max |difference| against the rebuild, latency."""
+    """One report row: size, top-1 accuracy, calibration error (a quantized model may grow over-confident),
+    agreement and max |difference| against the rebuild, latency."""
+    from keras_cnn.calibration import expected_calibration_error
+
     x, expected = test.images_for(artifact), test.expected_for(artifact)
     probabilities = artifact.probabilities(x)
     return {
@@ -51,6 +54,7 @@ def measure(artifact, fmt, quantization, test, path, timed=True):
         "quantization": quantization,
         "size_kb": round(_size_kb(path), 1) if path and os.path.exists(path) else None,
         "accuracy_pct": None if test.y is None else round(float(np.mean(probabilities.argmax(1) == test.y) * 100), 3),
+        "ece_pct": None if test.y is None else round(100 * expected_calibration_error(probabilities, test.y), 3),
         "agreement_pct": agreement(probabilities, expected),
         "max_abs_diff": float(np.abs(probabilities - expected).max()),
         "latency_ms": round(latency_ms(artifact, x[0], test.latency_runs), 4) if timed else None,

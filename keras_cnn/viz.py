@@ -169,3 +169,86 @@ def receptive_field(model_or_name, input_shape=None, **overrides):
     axis.legend()
     figure.tight_layout()
     return figure
+
+
+def cam_overlay(images, heatmaps, titles):
+    """Images (N, H, W, C) in [0, 255] with their Grad-CAM heat maps (N, H, W) in [0, 1] laid over them."""
+    count = len(images)
+    figure, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.6), squeeze=False)
+    for axis, image, heatmap, title in zip(axes[0], images, heatmaps, titles):
+        image = np.asarray(image, dtype=np.float32) / 255.0
+        if image.shape[-1] == 1:
+            axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+        else:
+            axis.imshow(np.clip(image, 0, 1))
+        axis.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+        axis.set_title(title, fontsize=10)
+        axis.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def reliability_diagram(curves, bins=15):
+    """Accuracy against confidence per bin, one panel per {label: (probabilities, labels)}, ECE in the title."""
+    from keras_cnn import calibration
+
+    figure, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 4.2), squeeze=False)
+    width = 1.0 / bins
+    for axis, (label, (probabilities, labels)) in zip(axes[0], curves.items()):
+        lower, confidence, accuracy, counts = calibration.reliability_bins(probabilities, labels, bins)
+        filled = counts > 0
+        axis.bar(lower[filled], accuracy[filled], width=width, align="edge", edgecolor="black",
+                 label="accuracy")
+        axis.bar(lower[filled], np.abs(confidence - accuracy)[filled], bottom=np.minimum(confidence, accuracy)[filled],
+                 width=width, align="edge", facecolor="none", edgecolor="red", hatch="//", linewidth=0.8,
+                 label="gap to mean confidence")
+        axis.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        ece = calibration.expected_calibration_error(probabilities, labels, bins)
+        axis.set_title(f"{label}: ECE {100 * ece:.2f}%", fontsize=10)
+        axis.set_xlabel("confidence (top probability)")
+        axis.set_ylabel("accuracy")
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def corruption_accuracy(results):
+    """Accuracy against severity per corruption, one panel per `keras_cnn.corruptions.Robustness`."""
+    import os
+
+    figure, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False, sharey=True)
+    for axis, result in zip(axes[0], results):
+        for name, row in result.accuracy_pct.items():
+            axis.plot(range(0, len(row) + 1), [result.clean_accuracy_pct, *row], marker="o", markersize=3,
+                      label=name)
+        axis.set_title(f"{os.path.basename(result.artifact)}: mean corruption accuracy "
+                       f"{result.mean_corruption_accuracy_pct:.1f}%", fontsize=9)
+        axis.set_xlabel("severity (0: clean)")
+        axis.set_ylabel("accuracy (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def corruption_examples(image, seed=0):
+    """One image under every corruption (rows) at severities 1-5 (columns)."""
+    from keras_cnn import corruptions
+
+    names, severities = corruptions.CORRUPTIONS, corruptions.SEVERITIES
+    figure, axes = plt.subplots(len(names), len(severities) + 1, figsize=(1.3 * (len(severities) + 1),
+                                                                         1.3 * len(names) + 0.3))
+    for row_index, (row, name) in enumerate(zip(axes, names)):
+        for column, (axis, severity) in enumerate(zip(row, (0, *severities))):
+            shown = image if severity == 0 else corruptions.corrupt(image, name, severity, seed)
+            axis.imshow(np.clip(np.asarray(shown, dtype=np.float32) / 255.0, 0, 1), interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column == 0:
+                axis.set_ylabel(name, fontsize=8)
+            if row_index == 0:
+                axis.set_title("clean" if severity == 0 else f"severity {severity}", fontsize=8)
+    figure.tight_layout()
+    return figure

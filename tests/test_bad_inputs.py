@@ -202,3 +202,53 @@ def test_a_folder_of_odd_images_loads_them_all(tmp_path):
     data = keras_cnn.load_data(f"folder:{root}", val_fraction=0, test_fraction=0)
     assert data.image_shape == (8, 8, 3) and data.sizes["train"] == 10
     assert len(data.arrays("train")[0]) == 10  # none dropped by the decoder
+
+
+# ---------------------------------------------------------------- Grad-CAM, calibration and corruptions
+
+def dense_only(p):
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    outputs = keras.layers.Dense(2, activation="softmax", name="predictions")(keras.layers.Flatten()(inputs))
+    return keras_cnn.explain(keras.Model(inputs, outputs, name="dense_only"), np.zeros((1, 8, 8, 1)))
+
+
+def corrupt(*args):
+    from keras_cnn.corruptions import corrupt
+
+    return corrupt(*args)
+
+
+TRUST_CASES = [
+    api(lambda p: keras_cnn.explain(p.run, np.zeros((1, 9, 9, 1))), ValueError,
+        "takes images of 8x8x1 (height x width x channels); resize or convert them first. "
+        "Received: images.shape=(1, 9, 9, 1)", "cam-image-of-another-size"),
+    api(lambda p: keras_cnn.explain(p.run, np.zeros((8, 8, 3))), ValueError,
+        "Received: images.shape=(1, 8, 8, 3)", "cam-image-of-another-channel-count"),
+    api(lambda p: keras_cnn.explain(p.run, np.zeros((8, 8, 1)), class_index=10), ValueError,
+        "class_index must be an integer in [0, 9]", "cam-class-index-out-of-range"),
+    command("show {run} --image {good_png} --cam --class-index -1", "Received: class_index=-1",
+            "cam-negative-class-index-cli"),
+    command("show {run} --image {good_png} --cam --cam-layer nope", "has no layer 'nope'; layers with a spatial "
+            "output: ", "cam-unknown-layer"),
+    api(lambda p: keras_cnn.explain(p.run, np.zeros((8, 8, 1)), layer="predictions"), ValueError,
+        "layer 'predictions' of small has no spatial (N, H, W, C) output", "cam-layer-without-spatial-output"),
+    api(dense_only, ValueError, "dense_only has no layer with a spatial (N, H, W, C) output (a dense-only model?)",
+        "cam-dense-only-model"),
+    command("show {run} --cam", "--cam needs the image to explain", "cam-without-image"),
+    command("evaluate {run} --corruptions", "corruptions need RGB images", "corruptions-on-gray-data"),
+    command("evaluate {run} --corruptions --severities 0", "severity must be an integer from 1 to 5. "
+            "Received: severity=0", "severity-0"),
+    command("evaluate {run} --corruptions --severities 6", "Received: severity=6", "severity-6"),
+    command("evaluate {run} --corruptions fog", "unknown corruption", "corruption-unknown"),
+    command("evaluate {run} --severities 2", "pass corruptions=True as well", "severities-without-corruptions"),
+    api(lambda p: corrupt(np.zeros((8, 8, 3)), "jpeg", 6), ValueError, "Received: severity=6", "severity-6-api"),
+    api(lambda p: corrupt(np.zeros((2, 8, 8)), "jpeg", 1), ValueError, "Received: channels=8",
+        "corrupt-array-without-channels"),
+]
+
+
+@pytest.mark.parametrize("kind, call, expected, fragment", TRUST_CASES)
+def test_trust_bad_input_gives_one_clear_line(kind, call, expected, fragment, paths, tmp_path, monkeypatch, capsys):
+    test_bad_input_gives_one_clear_line(kind, call, expected, fragment, paths, tmp_path, monkeypatch, capsys)

@@ -71,7 +71,7 @@ def test_a_bug_is_not_shown_as_a_user_error(monkeypatch, capsys):
     def broken(args):
         raise RuntimeError("an internal invariant broke")
 
-    monkeypatch.setattr(cli, "cmd_list", broken)
+    monkeypatch.setitem(cli.HANDLERS, "list", broken)
     assert cli.main(["list"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("keras-cnn: internal error: RuntimeError: an internal invariant broke")
@@ -97,10 +97,10 @@ def test_a_diverged_run_is_a_one_line_user_error(monkeypatch, capsys):
 def test_train_options_are_the_librarys_choices_and_defaults():
     import inspect
 
-    from keras_cnn import options, precision, recipes
+    from keras_cnn import cli_parser, options, precision, recipes
     from keras_cnn.training import train
 
-    train_options = cli.train_options()
+    train_options = cli_parser.train_options()
     assert set(train_options) <= set(inspect.signature(train).parameters)
     assert train_options["recipe"][1]["choices"] == recipes.RECIPES
     assert train_options["precision"][1]["choices"] == precision.PRECISIONS
