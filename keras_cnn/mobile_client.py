@@ -21,10 +21,10 @@ def version():
 
 
 class Classifier:
-    """An `ImageClassifier` on one `.tflite` file: `scores(images)` gives every class's score in label order."""
+    """MediaPipe's `ImageClassifier` on one `.tflite` file, which must carry image-classifier metadata."""
 
     def __init__(self, path):
-        tflite_metadata._modules()  # MediaPipe is installed, and its metadata module importable
+        tflite_metadata.mediapipe_modules()  # MediaPipe is installed, and its metadata module importable
         from mediapipe.tasks.python import vision
         from mediapipe.tasks.python.core import base_options
 
@@ -37,7 +37,7 @@ class Classifier:
         self.path = str(path)
 
     def classify(self, image):
-        """[(category name, score)] for one uint8 RGB (H, W, 3) image, best first, every class."""
+        """[(category name, score, index)] for one RGB (H, W, 3) image in [0, 255], best first, every class."""
         import mediapipe as mp
 
         pixels = np.ascontiguousarray(np.clip(np.round(image), 0, 255).astype(np.uint8))

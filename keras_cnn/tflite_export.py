@@ -1,6 +1,7 @@
 """The TFLite side of `keras_cnn.exporting`: the mobile model, conversion, metadata and int8 rescue.
 
-* `mobile_model`: what a phone runs takes RGB frames; a grayscale model gets an `RGBToGray` layer in front.
+* `mobile_model`: what a phone runs takes RGB frames and gives one score per label: a grayscale model gets an
+  `RGBToGray` layer in front, a single sigmoid unit a `SigmoidToTwoClasses` layer after it.
 * `convert`: TensorFlow's converter from the SavedModel's `serve` signature, built-in ops only.
 * `with_metadata`: the image-classifier metadata MediaPipe Tasks reads (`keras_cnn.tflite_metadata`), with the
   normalization that matches the file's real input.
@@ -17,6 +18,7 @@ import numpy as np
 from keras_cnn import options
 
 SIGNATURE = "serve"
+CONVERTERS = options.TFLITE_CONVERTERS
 DEBUG_IMAGES = 100  # calibration images the quantization debugger runs to measure each layer's error
 
 
@@ -40,8 +42,6 @@ def mobile_model(model):
         outputs = SigmoidToTwoClasses(name="two_classes")(outputs)
     return keras.Model(image, outputs, name=model.name)
 
-
-CONVERTERS = options.TFLITE_CONVERTERS
 
 
 def convert(saved_model, quantization, io, calibration):
@@ -102,18 +102,17 @@ def rescue(saved_model, calibration, layers, accuracy, target):
     """Selective quantization: keep layers in float until `accuracy(model bytes) >= target`.
 
     Each layer of `layers` is first kept in float alone and the accuracy it gives back measured (its
-    sensitivity); then the 1, 2, 4, ... most sensitive are kept in float together, at most all but one.
+    sensitivity); then the 1, 2, 4, ... most sensitive are kept in float together, up to all of them.
     Returns (model bytes or None if even that falls short, the float layers, [{tensor, accuracy_pct}] per
     layer). The file keeps float32 input and output around its int8 body, which MediaPipe accepts."""
-    def quantized_without(denied):
-        return _selective(saved_model, calibration, denied)
-
-    sensitivity = [{"tensor": name, "accuracy_pct": accuracy(quantized_without([name]))} for name in layers]
+    sensitivity = [{"tensor": name, "accuracy_pct": accuracy(_selective(saved_model, calibration, [name]))}
+                   for name in layers]
     ranked = [row["tensor"] for row in sorted(sensitivity, key=lambda row: -row["accuracy_pct"])]
-    # 1, 2, 4, ... layers, at most all but one: with every layer in float there is nothing left to quantize
-    counts = sorted({min(2 ** i, len(ranked) - 1) for i in range(len(ranked).bit_length())} - {0})
-    for count in counts:
-        candidate = quantized_without(ranked[:count])
+    for count in sorted({min(2 ** i, len(ranked)) for i in range(len(ranked).bit_length() + 1)}):  # 1, 2, 4, ...
+        try:
+            candidate = _selective(saved_model, calibration, ranked[:count])
+        except ValueError:  # the debugger's "check if the quantized model is in debug mode": nothing left in int8
+            break
         if accuracy(candidate) >= target:
             return candidate, ranked[:count], sensitivity
     return None, ranked, sensitivity

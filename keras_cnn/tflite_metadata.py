@@ -37,7 +37,7 @@ def add_metadata(model_bytes, *, name, description, version, author, license, cl
     to what the input tensor takes: (0, 1) for raw pixels.
     """
     check_class_names(class_names)
-    metadata, writers = _modules()
+    metadata, writers = mediapipe_modules()
     mean, std = normalization
     labels = writers.metadata_writer.Labels().add(list(class_names))
     writer = writers.image_classifier.MetadataWriter.create(bytearray(model_bytes), [float(mean)], [float(std)],
@@ -56,7 +56,7 @@ def add_metadata(model_bytes, *, name, description, version, author, license, cl
 
 def read_metadata(model_bytes):
     """(metadata as a dict, {packed file name: bytes}) of a `.tflite` file's bytes; (None, {}) without metadata."""
-    metadata, _ = _modules()
+    metadata, _ = mediapipe_modules()
     try:
         displayer = metadata.MetadataDisplayer.with_model_buffer(bytearray(model_bytes))
     except ValueError:  # "The model does not have metadata."
@@ -137,7 +137,7 @@ def _unpack(buffer):
 def _pack(model_metadata):
     import flatbuffers
 
-    metadata, _ = _modules()
+    metadata, _ = mediapipe_modules()
     builder = flatbuffers.Builder(0)
     builder.Finish(model_metadata.Pack(builder), metadata.MetadataPopulator.METADATA_FILE_IDENTIFIER)
     return builder.Output()
@@ -149,7 +149,7 @@ def _schema():
     return metadata_schema_py_generated
 
 
-def _modules():
+def mediapipe_modules():
     """MediaPipe's `metadata` module and its writers, with the version module supplied where the wheel lacks it."""
     if not available():
         raise ImportError('TFLite metadata is written with MediaPipe, which is not installed: pip install -e ".[mobile]"')
