@@ -24,7 +24,7 @@ runtime (TensorFlow, the LiteRT interpreter, ONNX Runtime) through `keras_cnn.pr
 run on up to 2,000 held-out test images. A float32 artifact whose probabilities differ from the
 rebuild's by more than 1e-4 raises `ExportError` and is deleted; quantized artifacts whose top-1
 accuracy drops by more than `max_accuracy_drop` points are flagged in the report (with `rescue=True` an
-int8 model is converted again with its worst layers in float until it is within the drop). Each `.tflite`
+int8 model is converted again with some layers in float until it is within the drop). Each `.tflite`
 is also loaded from the file alone by MediaPipe Tasks' `ImageClassifier` (`keras_cnn.mobile_client`): a
 float32 file it classifies differently from LiteRT (below 99% top-1 agreement), or any file whose category
 names are not the labels, fails the export like a parity failure. Only then, with their
@@ -71,7 +71,8 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
         io: input/output type of the int8 TFLite model: "uint8" (raw pixels, what cameras and MediaPipe give)
             or "int8".
         max_accuracy_drop: top-1 accuracy points a quantized model may lose before it is flagged.
-        rescue: when int8 loses more than `max_accuracy_drop`, keep its worst layers in float until it does not.
+        rescue: when int8 loses more than `max_accuracy_drop`, keep layers in float until it does not
+            (`tflite_export.rescue`).
         calibration_samples: distinct training images for int8 calibration, 100 to 500.
         test_samples: held-out test images for verification (at most 2,000).
         latency_runs: batch-1 runs whose median is the reported latency.
@@ -103,13 +104,14 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
     calibration = _calibration_set(image_data, shape, calibration_samples) if "int8" in tflite else None
     card = {"description": _description(name, class_names, shape, run_dir), "author": author, "license": license,
             "version": os.path.basename(os.path.normpath(run_dir)) if run_dir else "1"}
-    gray_to_phone = bool(tflite) and shape[-1] == 1
+    phone = tflite_export.mobile_model(rebuild) if tflite else rebuild  # what the .tflite files are made of
     test = TestSet(x_test, y_test, expected, latency_runs,
-                    rgb_expected(rebuild, x_test) if gray_to_phone else None)
+                   rgb_expected(phone, x_test) if tflite and shape[-1] == 1 else None)
 
     staging = tempfile.mkdtemp(prefix=".export-", dir=make_folder(out_dir, "out_dir"))
     try:
-        staged = _stage(rebuild, name, staging, formats, tflite, (io, converter), calibration, class_names, card)
+        staged, mobile = _stage((rebuild, phone), name, staging, formats, tflite, (io, converter), calibration,
+                                class_names, card)
         rows = [measure(reference, "keras", "float32", test, os.path.join(run_dir, "model.keras") if run_dir else None)]
         artifacts = []
         for fmt, quantization, path in staged:
@@ -121,7 +123,7 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
                               source_agreement, test_data, len(x_test), 0 if calibration is None else len(calibration),
                               max_accuracy_drop, rows)
         if "int8" in tflite:
-            _int8_errors_and_rescue(report, staging, calibration, test, rescue, class_names, card)
+            _int8_errors_and_rescue(report, mobile, staging, calibration, test, rescue, class_names, card)
         _install(artifacts, staging, report, class_names)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -222,32 +224,26 @@ def _check_rebuild(model, expected, x, precision):
     return agreement(original, expected)
 
 
-def _stage(rebuild, name, staging, formats, tflite, conversion, calibration, class_names, card):
-    """Write every requested artifact into `staging`: [(format, quantization, path)]; `conversion` is (io,
-    converter)."""
-    io, converter = conversion
+def _stage(models, name, staging, formats, tflite, conversion, calibration, class_names, card):
+    """Write every requested artifact into `staging`. `models` is (the rebuild, its mobile version), `conversion`
+    (io, converter). Returns ([(format, quantization, path)], the SavedModel the TFLite files convert from)."""
+    (rebuild, phone), (io, converter) = models, conversion
     saved_model = os.path.join(staging, "saved_model")
     if "saved_model" in formats:
         _write_saved_model(rebuild, saved_model)
     staged = [("saved_model", "float32", saved_model)] if "saved_model" in formats else []
-    if tflite:
-        mobile = _mobile_saved_model(rebuild, staging)
+    mobile = saved_model if phone is rebuild and "saved_model" in formats else None  # the same model: reuse it
+    if tflite and mobile is None:
+        mobile = os.path.join(staging, ".mobile_saved_model")  # not installed
+        _write_saved_model(phone, mobile)
     for quantization in tflite:
-        model_bytes = (tflite_export.convert_with_keras(tflite_export.mobile_model(rebuild), quantization, io,
-                                                        calibration) if converter == "keras"
+        model_bytes = (tflite_export.convert_with_keras(phone, quantization, io, calibration) if converter == "keras"
                        else tflite_export.convert(mobile, quantization, io, calibration))
         staged.append(("tflite", quantization, _write_tflite(model_bytes, staging, name, quantization, class_names,
                                                              card)))
     if "onnx" in formats:
         staged.append(("onnx", "float32", _write_onnx(rebuild, os.path.join(staging, f"{name}.onnx"))))
-    return staged
-
-
-def _mobile_saved_model(rebuild, staging):
-    """The SavedModel TFLite converts from: the rebuild taking RGB (`tflite_export.mobile_model`); not installed."""
-    path = os.path.join(staging, ".mobile_saved_model")
-    _write_saved_model(tflite_export.mobile_model(rebuild), path)
-    return path
+    return staged, mobile
 
 
 def _write_tflite(model_bytes, staging, name, quantization, class_names, card):
@@ -260,9 +256,9 @@ def _write_tflite(model_bytes, staging, name, quantization, class_names, card):
     return path
 
 
-def _int8_errors_and_rescue(report, staging, calibration, test, rescue, class_names, card):
-    """Per-layer int8 errors into the report; with `rescue` and a flagged int8 row, the rescued file replaces it."""
-    mobile = os.path.join(staging, ".mobile_saved_model")
+def _int8_errors_and_rescue(report, mobile, staging, calibration, test, rescue, class_names, card):
+    """Per-layer int8 errors into the report; with `rescue` and a flagged int8 row, the rescued file replaces it.
+    `mobile` is the SavedModel the TFLite files were converted from."""
     report.int8_layers = tflite_export.layer_errors(mobile, calibration)
     index, row = next((i, row) for i, row in enumerate(report.rows) if row["quantization"] == "int8")
     if not (rescue and row["flagged"]):

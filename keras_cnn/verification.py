@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from keras_cnn import mobile_client, tflite_export
+from keras_cnn import mobile_client
 from keras_cnn.prediction import keras_artifact, latency_ms
 from keras_cnn.tflite_export import ExportError
 
@@ -35,10 +35,10 @@ class TestSet:
         return self.rgb_expected if self._rgb(artifact) else self.expected
 
 
-def rgb_expected(rebuild, x):
-    """What the mobile rebuild of a gray model gives for the gray images repeated into RGB (luma weights sum to
-    0.9999, so the pixels it sees are not exactly the gray ones)."""
-    return keras_artifact(tflite_export.mobile_model(rebuild)).probabilities(np.repeat(x, 3, axis=-1))
+def rgb_expected(phone, x):
+    """What the mobile rebuild of a gray model (`tflite_export.mobile_model`) gives for the gray images repeated
+    into RGB (luma weights sum to 0.9999, so the pixels it sees are not exactly the gray ones)."""
+    return keras_artifact(phone).probabilities(np.repeat(x, 3, axis=-1))
 
 
 def measure(artifact, fmt, quantization, test, path, timed=True):
