@@ -100,7 +100,7 @@ def train(model, data="digits", *, epochs=None, batch_size=None, recipe="sgd", l
     with _distribution(strategy).scope():
         model = _build_model(call, data, policy)
         batches = _batches(call, model, data)
-        _compile(call, model, batches.total)
+        _compile(call, model, batches)
     run = _open_run(call, model, data, policy)
     best = _fit(call, run, model, data, batches)
     return _finish(call, run, data, best, train_seconds=time.perf_counter() - started)
@@ -162,12 +162,16 @@ def _batches(call, model, data):
     return _Batches(train_set, val_set, steps, math.ceil(call.epochs * steps))
 
 
-def _compile(call, model, steps):
+def _compile(call, model, batches):
     # Keras's multi-step loop fails on a distributed iterator ("You must feed a value for placeholder
     # tensor", keras-team/keras#19246), so a strategy runs one step per call.
-    recipes.compile_model(model, call.recipe, total_steps=steps, learning_rate=call.learning_rate,
-                          label_smoothing=call.label_smoothing, batch_size=call.batch_size,
-                          steps_per_call=1 if call.strategy else None, ema=call.ema)
+    per_call = 1 if call.strategy else recipes.steps_per_execution(model, call.batch_size)
+    last = batches.total % batches.steps  # steps of a fractional last epoch: calls end exactly there
+    if last:
+        per_call = max(d for d in range(1, per_call + 1) if last % d == 0)
+    recipes.compile_model(model, call.recipe, total_steps=batches.total, learning_rate=call.learning_rate,
+                          label_smoothing=call.label_smoothing, batch_size=call.batch_size, steps_per_call=per_call,
+                          ema=call.ema)
 
 
 def _open_run(call, model, data, policy):
