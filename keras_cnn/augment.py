@@ -19,7 +19,7 @@ TRANSLATE_PIXELS = 2  # airbench's translation, for the "flip_translate" preset
 
 
 @keras.saving.register_keras_serializable(package="keras_cnn")
-class AlternatingFlip(keras.layers.Layer):
+class AlternatingFlip(keras.layers.RandomFlip):
     """airbench's derandomised flips: each image is mirrored in every other epoch, starting mirrored or not.
 
     airbench flips a random half of the images once, then all of them every odd epoch, so every image is seen
@@ -30,12 +30,12 @@ class AlternatingFlip(keras.layers.Layer):
     """
 
     def __init__(self, value_range=(0.0, 1.0), seed=None, **kwargs):
-        super().__init__(**kwargs)
+        kwargs.pop("mode", None)  # always horizontal
+        super().__init__("horizontal", seed=seed, **kwargs)  # the seed is unused: the flips are derandomised
         self.value_range = tuple(value_range)
-        self.seed = seed  # unused: the flips are derandomised; kept for the presets' uniform signature
         self.epoch = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="epoch")
 
-    def call(self, images, training=True):
+    def call(self, images, training=True):  # replaces RandomFlip's random draw
         if not training:
             return images
         low, high = self.value_range
@@ -48,7 +48,7 @@ class AlternatingFlip(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "value_range": self.value_range, "seed": self.seed}
+        return {**super().get_config(), "value_range": self.value_range}
 
 
 @keras.saving.register_keras_serializable(package="keras_cnn")

@@ -42,9 +42,9 @@ class Report:
     per_class: list  # [{"class", "precision", "recall", "f1", "support"}, ...]
     confusion_matrix: list  # rows: true class, columns: predicted class
     tta: str = None  # test-time augmentation: None, "flip" or "flip+translate"
-    tta_accuracy: dict = None  # {"none": ..., "flip": ...}: the accuracy at each level up to `tta`
     calibration: dict = None  # keras_cnn.calibration.metrics, plus temperature and "before" when calibrated
     corruptions: dict = None  # artifact name -> keras_cnn.corruptions.Robustness.to_dict()
+    tta_accuracy: dict = None  # {"none": ..., "flip": ...}: the accuracy at each level up to `tta`
 
     def to_dict(self):
         return dataclasses.asdict(self)
