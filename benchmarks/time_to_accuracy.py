@@ -155,8 +155,8 @@ def plot(args, report):
             label = f"{result['who']}" if i == 0 else None
             epochs = [point["epoch"] for point in run["curve"]]
             accuracy = [100 * point["accuracy"] for point in run["curve"]]
-            by_epoch.plot(epochs, accuracy, color=colour, alpha=0.8, label=label)
-            by_minute.plot([point["seconds"] / 60 for point in run["curve"]], accuracy, color=colour, alpha=0.8)
+            by_epoch.plot(epochs, accuracy, color=colour, alpha=0.8, marker=".", label=label)
+            by_minute.plot([point["seconds"] / 60 for point in run["curve"]], accuracy, color=colour, alpha=0.8, marker=".")
     for axis, xlabel in ((by_epoch, "epochs"), (by_minute, "training minutes")):
         axis.axhline(100 * AIRBENCH_GPU["accuracy"], color="grey", linestyle="--", linewidth=1,
                      label=None if axis is by_minute else "airbench94 published (A100, lossless CIFAR-10)")

@@ -168,7 +168,7 @@ def parser():
     s.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
     s.add_argument("--tta", choices=options.TTA_LEVELS, help="test-time augmentation: flip averages each image's prediction "
                    "with its mirror image's, flip+translate also with 1-pixel shifts (airbench's level 2; not for "
-                   "digits or text); anything but none leaves the run's metrics.json alone")
+                   "digits or text); default: the run's own (train --tta); another level leaves the run's metrics.json alone")
     s.add_argument("--calibrate", action="store_true", help="fit temperature scaling on the validation split, store "
                    "it in RUN/model.keras (the original kept as model_uncalibrated.keras), report ECE before/after")
     s.add_argument("--corruptions", nargs="?", const=True, type=_csv, metavar="LIST",

@@ -150,8 +150,9 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
         split: "test" (default), "val" or "train".
         out: a folder to write `metrics.json` and `confusion_matrix.png` to (default: the run folder,
             when evaluating on the run's own data without test-time augmentation).
-        tta: None (or "none"), "flip" to average each image's prediction with its mirror image's, or
-            "flip+translate" to add 1-pixel shifts (`TTA_VIEWS`); the report's `tta_accuracy` has every level.
+        tta: "none", "flip" to average each image's prediction with its mirror image's, or "flip+translate"
+            to add 1-pixel shifts (`TTA_VIEWS`); the report's `tta_accuracy` has every level. None: a run's own
+            level (`train`'s `tta`), else "none".
         calibrate: fit a temperature on the validation split and store it in the model (a run folder's
             model.keras is replaced; the first original is kept as model_uncalibrated.keras).
         corruptions: None, True (all of `keras_cnn.corruptions.CORRUPTIONS`) or a list of their names:
@@ -166,6 +167,8 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
     run = runs.as_run(model_or_run) if runs.is_run(model_or_run) else None
     model = run.model if run else model_or_run
     own_data = data is None and run is not None
+    trained_tta = _check_tta((run.config.get("arguments") or {}).get("tta")) if run else None
+    tta = trained_tta if tta is None else tta  # a run is evaluated as it was trained unless told otherwise
     if data is None and run is None:
         raise ValueError("evaluating a bare model needs `data`. Received: data=None")
     if not isinstance(data, ImageData):
@@ -191,8 +194,8 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
         result.calibration["before"] = before
         curves = {"before temperature scaling": curves[split],
                   f"after (T = {temperature:.2f})": (probabilities, labels)}
-    # never overwrite the run's own metrics with other data or another evaluation protocol
-    folder = out or (run.path if own_data and split == "test" and not tta else None)
+    # never overwrite the run's own metrics with other data or another test-time augmentation than training's
+    folder = out or (run.path if own_data and split == "test" and tta == trained_tta else None)
     if corruptions:
         _evaluate_corruptions(result, model, class_names, data, split, corruptions, severities, artifact, seed)
     if folder:

@@ -127,6 +127,21 @@ def test_evaluate_keeps_every_level_in_the_report(digits):
         evaluate(model, digits, tta="mirror")
 
 
+def test_a_run_is_evaluated_at_its_own_level_and_keeps_its_metrics(tmp_path, digits):
+    import json
+
+    from keras_cnn.evaluation import evaluate
+
+    run = keras_cnn.train("small", digits, epochs=1, batch_size=256, tta="flip", width=0.125, precision="float32",
+                          verbose=0, out=tmp_path / "run")
+    written = json.load(open(tmp_path / "run" / "metrics.json"))
+    assert written["tta"] == "flip" and list(written["tta_accuracy"]) == ["none", "flip"]
+    assert evaluate(run.path).tta == "flip"
+    plain = evaluate(run.path, tta="none")
+    assert plain.tta is None and plain.accuracy == written["tta_accuracy"]["none"]
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["tta"] == "flip"  # left as training wrote it
+
+
 def test_cli_evaluate_and_train_take_the_levels():
     from keras_cnn.cli_parser import parser
 
