@@ -130,8 +130,7 @@ def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed
         raise ValueError(f"Unknown augmentation preset; expected one of {PRESETS}. Received: augment={preset!r}")
     if preset == "none":
         return None
-    height, width, channels = image_shape
-    low, high = value_range
+    height, width, _ = image_shape
     layers = []
 
     def add(suffix, layer_class, *args, **kwargs):
@@ -140,21 +139,28 @@ def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed
 
     if preset == "basic":
         add("translate", keras.layers.RandomTranslation, 4 / height, 4 / width,
-            fill_mode="constant", fill_value=float(low), interpolation="nearest")
+            fill_mode="constant", fill_value=float(value_range[0]), interpolation="nearest")
     elif preset == "strong":
         add("crop", RandomResizedCrop, scale=(0.6, 1.0))
     if flip and preset == "flip_translate":
         add("flip", AlternatingFlip, value_range=value_range)
     elif flip:
         add("flip", keras.layers.RandomFlip, "horizontal")
+    _after_flip(add, preset, image_shape, value_range, translate)
+    return keras.Sequential([keras.Input(shape=tuple(image_shape)), *layers], name=name)
+
+
+def _after_flip(add, preset, image_shape, value_range, translate):
+    """The layers of `preset` that come after its flip, through `add(suffix, layer_class, *args, **kwargs)`."""
+    low, high = value_range
     if preset == "flip_translate":  # a shift in [-t, t] rounded to whole pixels: at most t pixels
-        add("translate", keras.layers.RandomTranslation, translate / height, translate / width,
+        add("translate", keras.layers.RandomTranslation, translate / image_shape[0], translate / image_shape[1],
             fill_mode="reflect", interpolation="nearest")
     elif preset in ("randaugment", "augmix"):
         layer = keras.layers.RandAugment if preset == "randaugment" else keras.layers.AugMix
         add(preset, layer, value_range=value_range)
     if preset == "strong":
-        colour = channels == 3
+        colour = image_shape[2] == 3
         # Keras's brightness is additive: +-0.1 of the range is torchvision's x[0.8, 1.2]
         # at mid-grey. A single contrast factor 0.2 would mean [1, 1.2] (RandomContrast
         # clips its lower bound at 0), hence the pair. Saturation is multiplied by
@@ -170,4 +176,3 @@ def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed
         # each side is sqrt(a draw from `scale`) of the image side, so 0.25 gives half sides.
         add("erase", keras.layers.RandomErasing, factor=(1.0, 1.0), scale=(0.25, 0.25),
             fill_value=(low + high) / 2, value_range=value_range)
-    return keras.Sequential([keras.Input(shape=tuple(image_shape)), *layers], name=name)
