@@ -187,9 +187,11 @@ def test_whitening_stem_is_computed_from_the_runs_data_frozen_and_saved(tmp_path
     np.testing.assert_allclose(stem.bias.numpy(), bias, rtol=1e-4, atol=1e-4)
 
 
-def test_explicit_stem_width_with_whitening_is_refused():
+def test_options_without_effect_are_refused():
     with pytest.raises(ValueError, match=r"Received: stem=16"):
         keras_cnn.build("airbench", stem=16, stem_init="whitening")
+    with pytest.raises(ValueError, match=r"without batch norm .*Received: bn_momentum=0.5"):
+        keras_cnn.build("airbench", batchnorm=False, bn_momentum=0.5)
 
 
 def test_airbench_recipe_brings_its_network_options_unless_given(tmp_path):

@@ -63,6 +63,8 @@ def resolve(config, *, explicit, name):
     config["stem_filters"] = options.scaled((config["stem"],), config["width"])[0]
     options.require(name, explicit, config, "stem", config["stem_init"] != "whitening",
                     "with stem_init='whitening' (its width is 8 filters per input channel)")
+    for option in ("bn_scale", "bn_momentum", "bn_epsilon"):
+        options.require(name, explicit, config, option, config["batchnorm"], "without batch norm (`batchnorm`)")
     return config
 
 
