@@ -328,6 +328,8 @@ def _recipe_model_options(name, recipe, overrides):
     from keras_cnn.registry import valid_options
 
     valid = valid_options(name)
+    if (overrides or {}).get("batchnorm") is False:  # the recipe's batch-norm options would then be refused
+        valid = {key: check for key, check in valid.items() if not key.startswith("bn_")}
     return {**{key: value for key, value in recipes.MODEL_OPTIONS.get(recipe, {}).items() if key in valid},
             **(overrides or {})}
 

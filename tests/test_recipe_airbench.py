@@ -204,6 +204,7 @@ def test_airbench_recipe_brings_its_network_options_unless_given(tmp_path):
     assert {key: options[key] for key in ("stem_init", "kernel_initializer", "head", "augment")} == {
         "stem_init": "whitening", "kernel_initializer": "dirac", "head": "gmp", "augment": "flip_translate"}
     assert training._recipe_model_options("small", "airbench", {}).get("stem_init") is None  # small has none
+    assert "bn_momentum" not in training._recipe_model_options("airbench", "airbench", {"batchnorm": False})
 
 
 def test_cli_short_command_takes_the_recipe_defaults():
