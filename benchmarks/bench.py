@@ -11,14 +11,16 @@ results are quoted as ratios. Not unit tests.
     python benchmarks/bench.py infer --model small                   # Keras, SavedModel, every TFLite variant
     python benchmarks/bench.py memory --model deeper --epochs 6      # RSS after each epoch
     python benchmarks/bench.py pipeline --data ~/.cache/cifar10-jpg  # folder vs in-memory arrays
-    python benchmarks/bench.py time-to-accuracy --model resnet18 --minutes 30 --data ~/.cache/cifar10-jpg
+    python benchmarks/bench.py time-to-accuracy --model airbench --recipe airbench --seeds 0 1 2
+    python benchmarks/bench.py peer-time-to-accuracy --peer ../shared/bench/airbench94_cpu.py --seeds 0 1 2
 
 `train` times what `keras-cnn train` does (keras_cnn.train: precision "auto", the sgd recipe, batch 128,
 in-memory data) from outside, in a new process each time as the peer, with a Keras callback, on whole
 epochs after the first, each as long as a CIFAR-10 epoch (391 steps), so that the per-epoch work
 (checkpoint, backup, log) weighs what it weighs in real training; the peer is `torch_reference.py
-throughput` over as many steps with bf16 autocast and channels_last, its fastest path (--peer-fp32 adds
-its float32 path); the ratio is ours over the peer's best.
+throughput` over as many steps with channels_last on each of its paths, float32 and bf16 autocast, eager and
+`torch.compile` (`--peer-paths`): which is fastest depends on the machine, and the ratio is ours over the
+peer's best. `time-to-accuracy` and `peer-time-to-accuracy` are in time_to_accuracy.py.
 """
 import argparse
 import json
@@ -35,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 import keras_cnn  # noqa: E402
+import time_to_accuracy  # noqa: E402
 from cifar import CIFAR, cifar_folder  # noqa: E402
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -159,10 +162,15 @@ PEER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_"
                "MALLOC_TOP_PAD_": str(1 << 30)}
 
 
-def peer_throughput(peer, model, batch_size=128, steps=40, bf16=False):
-    """Images/second of torch_reference.py's training steps (channels_last), run as a child process."""
+# The peer's paths: name -> torch_reference.py flags. `bench.py train` compares against the fastest.
+PEER_PATHS = {"fp32": [], "bf16": ["--bf16"], "fp32_compiled": ["--compile"], "bf16_compiled": ["--bf16", "--compile"]}
+
+
+def peer_throughput(peer, model, batch_size=128, steps=40, path="bf16"):
+    """Images/second of torch_reference.py's training steps (channels_last) on one of PEER_PATHS, run as a
+    child process."""
     command = [sys.executable, peer, "throughput", "--model", model, "--batch-size", str(batch_size),
-               "--steps", str(steps), "--channels-last", *(["--bf16"] if bf16 else [])]
+               "--steps", str(steps), "--channels-last", *PEER_PATHS[path]]
     output = subprocess.run(command, check=True, capture_output=True, text=True,
                             env={**os.environ, **PEER_MALLOC}).stdout
     return json.loads(output.strip().splitlines()[-1])["images_per_second"]
@@ -177,15 +185,13 @@ def train(args):
     ceilings = {dtype: matmul_gflops(dtype=dtype) for dtype in ("float32", "bfloat16")}
     rows, raw = [], {}
     for name in args.models:
-        samples = {"keras": [], "peer_bf16": [], **({"peer_fp32": []} if args.peer_fp32 else {})}
+        samples = {"keras": [], **{f"peer_{path}": [] for path in (args.peer_paths if args.peer else ())}}
         for repeat in range(args.repeats):  # interleaved, so both see the same machine
             speed, precision = fresh_keras_throughput(name, args.batch_size * args.steps, args.batch_size,
                                                       args.precision)
             samples["keras"].append(speed)
-            if args.peer:
-                samples["peer_bf16"].append(peer_throughput(args.peer, name, args.batch_size, args.steps, True))
-                if args.peer_fp32:
-                    samples["peer_fp32"].append(peer_throughput(args.peer, name, args.batch_size, args.steps))
+            for path in args.peer_paths if args.peer else ():
+                samples[f"peer_{path}"].append(peer_throughput(args.peer, name, args.batch_size, args.steps, path))
             print(f"{name} repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in samples.items() if v),
                   flush=True)
         ours = statistics.median(samples["keras"])
@@ -194,12 +200,13 @@ def train(args):
         row = [name, precision, f"{ours:.0f}", f"{gflops:.1f}", f"{gflops / ceiling:.0%}"]
         if args.peer:
             peers = {key: statistics.median(values) for key, values in samples.items() if key != "keras"}
-            row += [f"{value:.0f}" for value in peers.values()] + [f"{ours / max(peers.values()):.2f}x"]
+            best = max(peers, key=peers.get)
+            row += [f"{value:.0f}" for value in peers.values()] + [best[5:], f"{ours / peers[best]:.2f}x"]
         rows.append(row)
         raw[name] = samples
     header = ["model", "precision", "img/s", "GFLOP/s", "of peak"]
     if args.peer:
-        header += ["peer bf16 img/s", *(["peer fp32 img/s"] if args.peer_fp32 else []), "ours / peer best"]
+        header += [f"peer {path} img/s" for path in args.peer_paths] + ["peer best", "ours / peer best"]
     peaks = ", ".join(f"{dtype} {value:.0f}" for dtype, value in ceilings.items())
     report(args, f"Training throughput, batch {args.batch_size}, median of {args.repeats}; 'of peak' is against "
                  f"the matmul peak of the precision's compute type (GFLOP/s: {peaks})", header, rows,
@@ -301,51 +308,6 @@ def pipeline(args):
                  f"arrays = {ratio:.2f}", ("source", "img/s"), rows, {"samples": samples, "ratio": ratio})
 
 
-# ---------------------------------------------------------------------------------------------------------
-# time-to-accuracy: test accuracy against training time on CIFAR-10
-
-
-class AccuracyClock(EpochTimer):
-    """Test accuracy after each epoch against training time (the test passes are not counted), and with flip
-    test-time augmentation after the last; stops training before an epoch that would end past `minutes`."""
-
-    def __init__(self, test_set, minutes):
-        super().__init__()
-        self.test_set, self.budget = test_set, minutes * 60
-        self.rows = []
-
-    def accuracy(self, tta=None):
-        from keras_cnn.evaluation import predict_probabilities
-
-        probabilities, labels = predict_probabilities(self.model, self.test_set, tta)
-        return float((probabilities.argmax(1) == labels).mean())
-
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        training = sum(self.seconds)
-        accuracy = self.accuracy()
-        self.rows.append((epoch + 1, f"{training / 60:.1f}", f"{accuracy:.2%}", ""))
-        print(f"epoch {epoch + 1}: {training / 60:.1f} min, test {accuracy:.2%}", flush=True)
-        if training + self.seconds[-1] > self.budget:
-            self.model.stop_training = True
-
-    def on_train_end(self, logs=None):
-        accuracy = self.accuracy("flip")
-        self.rows[-1] = (*self.rows[-1][:3], f"{accuracy:.2%}")
-        print(f"with flip test-time augmentation: test {accuracy:.2%}", flush=True)
-
-
-def time_to_accuracy(args):
-    data = keras_cnn.load_data(f"folder:{args.data}", seed=0, val_fraction=0)
-    clock = AccuracyClock(data.pipeline("test", batch_size=500), args.minutes)
-    options = json.loads(args.options) if args.options else {}
-    out = args.out or tempfile.mkdtemp(prefix="bench-tta-")
-    keras_cnn.train(args.model, data, epochs=args.epochs, batch_size=args.batch_size, augment=args.augment,
-                    recipe="sgd", out=out, callbacks=[clock], verbose=0, **options)
-    report(args, f"{args.model} on CIFAR-10: test accuracy against training minutes (run folder {out})",
-           ("epoch", "minutes", "test accuracy", "with flip TTA"), clock.rows)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -364,7 +326,8 @@ def main(argv=None):
     sub.add_argument("--steps", type=int, default=391,
                      help="steps per epoch and per peer measurement (391: one CIFAR-10 epoch at batch 128)")
     sub.add_argument("--repeats", type=int, default=3)
-    sub.add_argument("--peer-fp32", action="store_true", help="also time the peer's float32 path (slow)")
+    sub.add_argument("--peer-paths", nargs="+", choices=list(PEER_PATHS), default=list(PEER_PATHS),
+                     help="the peer's paths to time (default: all four; the ratio is against the fastest)")
     sub.add_argument("--precision", default="auto")
     sub = command("infer", infer, "latency and throughput of Keras, SavedModel and each TFLite variant")
     sub.add_argument("--run", help="a run folder (default: --model with random weights)")
@@ -383,15 +346,7 @@ def main(argv=None):
     sub.add_argument("--limit", type=int, default=10_000, help="training images (0: all)")
     sub.add_argument("--epochs", type=int, default=3)
     sub.add_argument("--repeats", type=int, default=2)
-    sub = command("time-to-accuracy", time_to_accuracy, "CIFAR-10 test accuracy against training time")
-    sub.add_argument("--data", default=CIFAR)
-    sub.add_argument("--model", default="resnet18")
-    sub.add_argument("--minutes", type=float, default=30)
-    sub.add_argument("--epochs", type=int, default=30, help="sizes the learning-rate schedule")
-    sub.add_argument("--batch-size", type=int, default=128)
-    sub.add_argument("--augment", default="basic")
-    sub.add_argument("--options", help='more keras_cnn.train keywords as JSON, e.g. \'{"label_smoothing": 0.2}\'')
-    sub.add_argument("--out", help="keep the run folder here")
+    time_to_accuracy.add_commands(command, report)
     args = parser.parse_args(argv)
     args.function(args)
 

@@ -13,7 +13,42 @@ import math
 import keras
 from keras import ops
 
-from keras_cnn.options import AUGMENT_PRESETS as PRESETS  # validated there without TensorFlow
+from keras_cnn.options import ALL_AUGMENT_PRESETS as PRESETS  # validated there without TensorFlow
+
+TRANSLATE_PIXELS = 2  # airbench's translation, for the "flip_translate" preset
+
+
+@keras.saving.register_keras_serializable(package="keras_cnn")
+class AlternatingFlip(keras.layers.RandomFlip):
+    """airbench's derandomised flips: each image is mirrored in every other epoch, starting mirrored or not.
+
+    airbench flips a random half of the images once, then all of them every odd epoch, so every image is seen
+    both ways in any two consecutive epochs (random flips repeat an orientation half the time). Images carry no
+    index through a Keras model, so an image's starting orientation is the parity of the sum of its pixel values
+    (as 8-bit levels of `value_range`): fixed for the image, about half of the images each way. The epoch comes
+    from `epoch`, a variable `keras_cnn.callbacks.AugmentationEpoch` sets as each epoch begins.
+    """
+
+    def __init__(self, value_range=(0.0, 1.0), seed=None, **kwargs):
+        kwargs.pop("mode", None)  # always horizontal
+        super().__init__("horizontal", seed=seed, **kwargs)  # the seed is unused: the flips are derandomised
+        self.value_range = tuple(value_range)
+        self.epoch = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="epoch")
+
+    def call(self, images, training=True):  # replaces RandomFlip's random draw
+        if not training:
+            return images
+        low, high = self.value_range
+        levels = ops.round((images - low) * (255.0 / (high - low)))
+        parity = ops.cast(ops.sum(levels, axis=(1, 2, 3)), "int32") % 2
+        flip = ops.reshape(ops.not_equal(parity, self.epoch % 2), (-1, 1, 1, 1))
+        return ops.where(flip, ops.flip(images, axis=2), images)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "value_range": self.value_range}
 
 
 @keras.saving.register_keras_serializable(package="keras_cnn")
@@ -68,7 +103,8 @@ class RandomResizedCrop(keras.layers.Layer):
         return {**super().get_config(), "scale": self.scale, "ratio": self.ratio, "seed": self.seed}
 
 
-def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed=None, name="augment"):
+def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed=None, name="augment",
+                 translate=TRANSLATE_PIXELS):
     """The augmentation block for `preset`, or None for "none".
 
     - "basic": torchvision `RandomCrop(32, padding=4)` + `RandomHorizontalFlip()`:
@@ -80,6 +116,11 @@ def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed
       only the brightness and contrast jitter (as torchvision does for grayscale).
     - "cutout": flip + erase one square of half the height and width at a random
       place inside the image, filled with mid-grey (Cutout, DeVries & Taylor 2017).
+    - "flip_translate": airbench's: alternating flips (`AlternatingFlip`) + a whole-pixel shift of up to
+      `translate` pixels per axis, the edge filled by reflection (Keras's "reflect": the edge pixel
+      repeats, where PyTorch's reflect padding skips it).
+    - "randaugment", "augmix": Keras's `RandAugment` (2 operations, factor 0.5) and `AugMix` with their
+      defaults, after a flip.
 
     `flip=False` drops every flip, for data where a mirror image means
     something else (digits, text). `value_range` is the pixel range the layers
@@ -89,8 +130,7 @@ def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed
         raise ValueError(f"Unknown augmentation preset; expected one of {PRESETS}. Received: augment={preset!r}")
     if preset == "none":
         return None
-    height, width, channels = image_shape
-    low, high = value_range
+    height, width, _ = image_shape
     layers = []
 
     def add(suffix, layer_class, *args, **kwargs):
@@ -99,13 +139,28 @@ def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed
 
     if preset == "basic":
         add("translate", keras.layers.RandomTranslation, 4 / height, 4 / width,
-            fill_mode="constant", fill_value=float(low), interpolation="nearest")
+            fill_mode="constant", fill_value=float(value_range[0]), interpolation="nearest")
     elif preset == "strong":
         add("crop", RandomResizedCrop, scale=(0.6, 1.0))
-    if flip:
+    if flip and preset == "flip_translate":
+        add("flip", AlternatingFlip, value_range=value_range)
+    elif flip:
         add("flip", keras.layers.RandomFlip, "horizontal")
+    _after_flip(add, preset, image_shape, value_range, translate)
+    return keras.Sequential([keras.Input(shape=tuple(image_shape)), *layers], name=name)
+
+
+def _after_flip(add, preset, image_shape, value_range, translate):
+    """The layers of `preset` that come after its flip, through `add(suffix, layer_class, *args, **kwargs)`."""
+    low, high = value_range
+    if preset == "flip_translate":  # a shift in [-t, t] rounded to whole pixels: at most t pixels
+        add("translate", keras.layers.RandomTranslation, translate / image_shape[0], translate / image_shape[1],
+            fill_mode="reflect", interpolation="nearest")
+    elif preset in ("randaugment", "augmix"):
+        layer = keras.layers.RandAugment if preset == "randaugment" else keras.layers.AugMix
+        add(preset, layer, value_range=value_range)
     if preset == "strong":
-        colour = channels == 3
+        colour = image_shape[2] == 3
         # Keras's brightness is additive: +-0.1 of the range is torchvision's x[0.8, 1.2]
         # at mid-grey. A single contrast factor 0.2 would mean [1, 1.2] (RandomContrast
         # clips its lower bound at 0), hence the pair. Saturation is multiplied by
@@ -121,4 +176,3 @@ def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed
         # each side is sqrt(a draw from `scale`) of the image side, so 0.25 gives half sides.
         add("erase", keras.layers.RandomErasing, factor=(1.0, 1.0), scale=(0.25, 0.25),
             fill_value=(low + high) / 2, value_range=value_range)
-    return keras.Sequential([keras.Input(shape=tuple(image_shape)), *layers], name=name)

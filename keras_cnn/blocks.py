@@ -32,8 +32,23 @@ def inputs_and_stem(config, *, scale=1.0 / 255):
     return inputs, x
 
 
-def batchnorm(name):
-    return FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+def batchnorm(name, config=None):
+    """The fused batch norm; a model's `bn_momentum`, `bn_epsilon` and `bn_scale` (False: no learned scale, as
+    airbench) where its config has them."""
+    config = config or {}
+    return FusedBatchNormalization(momentum=config.get("bn_momentum", BN_MOMENTUM),
+                                   epsilon=config.get("bn_epsilon", BN_EPSILON), scale=config.get("bn_scale", True),
+                                   name=name)
+
+
+def kernel_initializer(config):
+    """The family's conv initialiser; "dirac" starts each conv as the identity (`keras_cnn.initializers.Dirac`)."""
+    name = config.get("kernel_initializer", "glorot_uniform")
+    if name == "dirac":
+        from keras_cnn.initializers import Dirac
+
+        return Dirac()
+    return name
 
 
 def activation(kind, name):
@@ -48,7 +63,7 @@ def conv(x, filters, name, config, *, stride=1, padding="same"):
         strides=stride,
         padding=padding,
         use_bias=not config["batchnorm"],
-        kernel_initializer=config.get("kernel_initializer", "glorot_uniform"),
+        kernel_initializer=kernel_initializer(config),
         name=name,
     )(x)
 
@@ -59,11 +74,11 @@ def conv_bn_act(x, filters, prefix, config, *, stride=1, padding="same", act=Tru
     x = conv(x, filters, f"{prefix}_conv{suffix}", config, stride=stride, padding=padding)
     after = config.get("bn_after_activation", False)
     if use_bn and not after:
-        x = batchnorm(f"{prefix}_bn{suffix}")(x)
+        x = batchnorm(f"{prefix}_bn{suffix}", config)(x)
     if act:
         x = activation(config["activation"], f"{prefix}_act{suffix}")(x)
     if use_bn and after:
-        x = batchnorm(f"{prefix}_bn{suffix}")(x)
+        x = batchnorm(f"{prefix}_bn{suffix}", config)(x)
     return x
 
 
@@ -104,6 +119,8 @@ def head(x, config, *, num_classes, classifier_activation, include_top=True, poo
         x = layers.Dense(units, activation=dense_activation, name=f"head_dense{i}")(x)
     if config["dropout"] > 0:
         x = layers.Dropout(config["dropout"], name="head_dropout")(x)
+    if config.get("head_scale", 1.0) != 1.0:  # airbench's 1/9: keeps a max-pool head's logits small enough to train
+        x = layers.Rescaling(config["head_scale"], name="head_scale")(x)
     return layers.Dense(num_classes, activation=classifier_activation, dtype="float32", name="predictions")(x)
 
 

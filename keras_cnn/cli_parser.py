@@ -15,14 +15,27 @@ def train_options():
     from keras_cnn.training import train
 
     default = {name: parameter.default for name, parameter in inspect.signature(train).parameters.items()}
+    general, airbench = recipes.TRAIN_DEFAULTS, recipes.RECIPE_DEFAULTS["airbench"]
     return {
-        "epochs": (("--epochs",), dict(type=int, help=f"training epochs (default {default['epochs']})")),
-        "batch_size": (("--batch-size",), dict(type=int, help=f"batch size (default {default['batch_size']})")),
-        "recipe": (("--recipe",), dict(choices=recipes.RECIPES, help="sgd: seed 003's SGD momentum 0.9, lr 0.1 "
-                                       f"cosine, L2 5e-4; adam: Adam 1e-3 (default {default['recipe']})")),
-        "learning_rate": (("--lr",), dict(type=float, help="peak learning rate (default: the recipe's)")),
-        "label_smoothing": (("--label-smoothing",), dict(type=float, help="label smoothing, e.g. 0.1 (default "
-                                                         f"{default['label_smoothing']})")),
+        "epochs": (("--epochs",), dict(type=_number, help="training epochs; a fraction ends the last one early "
+                                       f"(default: the recipe's, airbench {airbench['epochs']}, else "
+                                       f"{general['epochs']})")),
+        "batch_size": (("--batch-size",), dict(type=int, help=f"batch size (default: the recipe's, airbench "
+                                               f"{airbench['batch_size']}, else {general['batch_size']})")),
+        "recipe": (("--recipe",), dict(choices=recipes.ALL_RECIPES, help="sgd: seed 003's SGD momentum 0.9, lr 0.1 "
+                                       "cosine, L2 5e-4; adam: Adam 1e-3; airbench: airbench94's Nesterov SGD, "
+                                       "label smoothing 0.2, lookahead and network options (docs/training.md) "
+                                       f"(default {default['recipe']})")),
+        "learning_rate": (("--lr",), dict(type=float, help="peak learning rate (default: the recipe's; airbench: "
+                                          "per 1,024 examples, 11.5)")),
+        "label_smoothing": (("--label-smoothing",), dict(type=float, help="label smoothing, e.g. 0.1 (default: the "
+                                                         f"recipe's, airbench {airbench['label_smoothing']}, else "
+                                                         f"{general['label_smoothing']})")),
+        "ema": (("--ema",), dict(type=float, metavar="MOMENTUM", help="keep a moving average of the weights "
+                                 "(e.g. 0.99) and validate, checkpoint and export it (default: the recipe's)")),
+        "tta": (("--tta",), dict(choices=options.TTA_LEVELS[1:], help="test-time augmentation of the final test metrics, "
+                                 "which keep the plain figure too (default: the recipe's, airbench "
+                                 f"{airbench['tta']})")),
         "precision": (("--precision",), dict(choices=precision.PRECISIONS, help="auto measures what is fastest on "
                                              f"this machine (default {default['precision']})")),
         "mixup": (("--mixup",), dict(type=float, help="MixUp alpha on batches, e.g. 0.2 (default off)")),
@@ -46,6 +59,14 @@ def train_options():
                                            "fine-tune, from the top (default: all)")),
     }
 
+
+
+def _number(text):
+    """An int where the text is one (3), else a float (9.9)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def _csv(text):
@@ -126,7 +147,7 @@ def parser():
     _add_data_arguments(s, "default: digits, offline")
     for name, (flags, keywords) in train_options().items():
         s.add_argument(*flags, dest=name, **keywords)
-    s.add_argument("--augment", choices=options.AUGMENT_PRESETS, help="augmentation preset")
+    s.add_argument("--augment", choices=options.ALL_AUGMENT_PRESETS, help="augmentation preset")
     s.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model override, e.g. --set dropout=0.3")
     s.add_argument("--out", help="run folder (default saved_models/<model>-<data>-<time>)")
@@ -145,8 +166,9 @@ def parser():
     s.add_argument("run", help="a run folder written by `keras-cnn train`")
     _add_data_arguments(s, "default: the run's own data")
     s.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
-    s.add_argument("--tta", choices=("flip",), help="test-time augmentation: average each image's prediction with "
-                   "its mirror image's (not for digits or text); leaves the run's metrics.json alone")
+    s.add_argument("--tta", choices=options.TTA_LEVELS, help="test-time augmentation: flip averages each image's prediction "
+                   "with its mirror image's, flip+translate also with 1-pixel shifts (airbench's level 2; not for "
+                   "digits or text); default: the run's own (train --tta); another level leaves the run's metrics.json alone")
     s.add_argument("--calibrate", action="store_true", help="fit temperature scaling on the validation split, store "
                    "it in RUN/model.keras (the original kept as model_uncalibrated.keras), report ECE before/after")
     s.add_argument("--corruptions", nargs="?", const=True, type=_csv, metavar="LIST",

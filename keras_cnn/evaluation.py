@@ -6,16 +6,27 @@ Every report holds the calibration metrics of `keras_cnn.calibration` (ECE, NLL,
 Keras model or of an exported `artifact` such as an int8 TFLite file.
 
 Predictions always come from `model.predict`, which runs the inference graph
-(`training=False`: no augmentation, BatchNorm in inference mode). `tta="flip"`
-(test-time augmentation) averages the probabilities of each image and its
-mirror image, as the fast CIFAR-10 recipes (airbench) evaluate; only for data
-whose classes survive a horizontal flip (not digits or text).
+(`training=False`: no augmentation, BatchNorm in inference mode). Test-time augmentation (`tta`, only for
+data whose classes survive a horizontal flip: not digits or text) averages the probabilities of several views
+of each image, as airbench evaluates: "flip" the image and its mirror image (1/2 each); "flip+translate"
+(airbench's level 2) gives those two 1/4 each and 1/8 each to the image shifted one pixel down and right, one
+pixel up and left (reflection-padded), and their mirror images (`TTA_VIEWS`). The report keeps the accuracy
+of every level up to the one asked for (`tta_accuracy`), so the plain figure is never lost.
 """
 import dataclasses
 
 import numpy as np
 
-TTA = (None, "flip")
+from keras_cnn.options import TTA_LEVELS
+
+TTA = (None, "flip", "flip+translate")
+# level -> (view, weight): a view is (horizontal flip, shift in pixels down and right)
+TTA_VIEWS = {
+    None: (((False, 0), 1.0),),
+    "flip": (((False, 0), 0.5), ((True, 0), 0.5)),
+    "flip+translate": (((False, 0), 0.25), ((True, 0), 0.25), ((False, 1), 0.125), ((True, 1), 0.125),
+                       ((False, -1), 0.125), ((True, -1), 0.125)),
+}
 
 
 @dataclasses.dataclass
@@ -30,9 +41,10 @@ class Report:
     class_names: list
     per_class: list  # [{"class", "precision", "recall", "f1", "support"}, ...]
     confusion_matrix: list  # rows: true class, columns: predicted class
-    tta: str = None  # test-time augmentation: None or "flip"
+    tta: str = None  # test-time augmentation: None, "flip" or "flip+translate"
     calibration: dict = None  # keras_cnn.calibration.metrics, plus temperature and "before" when calibrated
     corruptions: dict = None  # artifact name -> keras_cnn.corruptions.Robustness.to_dict()
+    tta_accuracy: dict = None  # {"none": ..., "flip": ...}: the accuracy at each level up to `tta`
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -40,6 +52,8 @@ class Report:
     def __str__(self):
         top5 = "" if self.top5_accuracy is None else f"  top-5 {self.top5_accuracy:.2%}"
         tta = f" (with {self.tta} test-time augmentation)" if self.tta else ""
+        if self.tta_accuracy and len(self.tta_accuracy) > 1:
+            tta += " [" + ", ".join(f"{level} {value:.2%}" for level, value in self.tta_accuracy.items()) + "]"
         lines = [f"{self.split}: {self.num_examples} images{tta}  accuracy {self.accuracy:.2%}{top5}  "
                  f"loss {self.loss:.4f}",
                  "", f"{'class':<16} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}"]
@@ -66,19 +80,39 @@ def _calibration_line(calibration):
     return line
 
 
-def predict_probabilities(model, dataset, tta=None):
-    """(probabilities, integer labels) over a batched dataset of (images, one-hot labels); with
-    `tta="flip"`, each image's probabilities are averaged with its mirror image's."""
+def view(images, flip, shift):
+    """One test-time view of a batch (N, H, W, C): shifted `shift` pixels down and right (negative: up and
+    left) with reflection padding, then mirrored if `flip`."""
     import tensorflow as tf
 
-    _check_tta(tta)
-    probabilities = model.predict(dataset.map(lambda x, y: x), verbose=0)
-    if tta == "flip":  # batches are (N, H, W, C): axis 2 is the width
-        probabilities = (probabilities + model.predict(dataset.map(lambda x, y: tf.reverse(x, axis=[2])),
-                                                       verbose=0)) / 2
+    if shift:
+        pad = abs(shift)
+        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        start = pad - shift
+        images = padded[:, start:start + images.shape[1], start:start + images.shape[2], :]
+    return tf.reverse(images, axis=[2]) if flip else images
+
+
+def predict_levels(model, dataset, tta=None):
+    """({level: probabilities} for every test-time augmentation level up to `tta`, integer labels); each view
+    is predicted once and shared by the levels that use it."""
+    tta = _check_tta(tta)
+    levels = TTA[:TTA.index(tta) + 1]
+    predicted = {}
+    for flip, shift in {v for level in levels for v, _ in TTA_VIEWS[level]}:
+        images = dataset.map(lambda x, y, flip=flip, shift=shift: view(x, flip, shift))
+        predicted[flip, shift] = np.asarray(model.predict(images, verbose=0), dtype=np.float64)
+    averaged = {level: sum(weight * predicted[v] for v, weight in TTA_VIEWS[level]) for level in levels}
     labels = np.concatenate([np.argmax(y, axis=-1) if y.shape[-1] > 1 else y[:, 0]
                              for _, y in dataset.as_numpy_iterator()])
-    return np.asarray(probabilities, dtype=np.float64), labels.astype(np.int64)
+    return averaged, labels.astype(np.int64)
+
+
+def predict_probabilities(model, dataset, tta=None):
+    """(probabilities, integer labels) over a batched dataset of (images, one-hot labels), averaged over the
+    views of test-time augmentation level `tta` (`TTA_VIEWS`)."""
+    averaged, labels = predict_levels(model, dataset, tta)
+    return averaged[_check_tta(tta)], labels
 
 
 def report(probabilities, labels, class_names, split="test", tta=None):
@@ -116,7 +150,9 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
         split: "test" (default), "val" or "train".
         out: a folder to write `metrics.json` and `confusion_matrix.png` to (default: the run folder,
             when evaluating on the run's own data without test-time augmentation).
-        tta: None, or "flip" to average each image's prediction with its mirror image's.
+        tta: "none", "flip" to average each image's prediction with its mirror image's, or "flip+translate"
+            to add 1-pixel shifts (`TTA_VIEWS`); the report's `tta_accuracy` has every level. None: a run's own
+            level (`train`'s `tta`), else "none".
         calibrate: fit a temperature on the validation split and store it in the model (a run folder's
             model.keras is replaced; the first original is kept as model_uncalibrated.keras).
         corruptions: None, True (all of `keras_cnn.corruptions.CORRUPTIONS`) or a list of their names:
@@ -131,20 +167,26 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
     run = runs.as_run(model_or_run) if runs.is_run(model_or_run) else None
     model = run.model if run else model_or_run
     own_data = data is None and run is not None
+    trained_tta = _check_tta((run.config.get("arguments") or {}).get("tta")) if run else None
+    tta = trained_tta if tta is None else tta  # a run is evaluated as it was trained unless told otherwise
     if data is None and run is None:
         raise ValueError("evaluating a bare model needs `data`. Received: data=None")
     if not isinstance(data, ImageData):
         data = run.load_data(data) if run else load_data(data)
     class_names = run.class_names if run else data.class_names
     check_compatible(model, data)
+    tta = _check_tta(tta)
     dataset = data.pipeline(split, batch_size=batch_size, image_shape=tuple(model.input_shape[1:]))
-    probabilities, labels = predict_probabilities(model, dataset, tta)
+    levels, labels = predict_levels(model, dataset, tta)
+    probabilities = levels[tta]
     curves = {split: (probabilities, labels)}
     if calibrate:
         before = report(probabilities, labels, class_names, split, tta).calibration
         model = _calibrate(run, model, data, batch_size)
         probabilities, labels = predict_probabilities(model, dataset, tta)
     result = report(probabilities, labels, class_names, split, tta)
+    if tta:
+        result.tta_accuracy = {TTA_LEVELS[TTA.index(level)]: _accuracy(p, labels) for level, p in levels.items()}
     if "temperature" in [layer.name for layer in model.layers]:  # a model calibrated now or before
         result.calibration["temperature"] = model.get_layer("temperature").temperature
     if calibrate:
@@ -152,8 +194,8 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
         result.calibration["before"] = before
         curves = {"before temperature scaling": curves[split],
                   f"after (T = {temperature:.2f})": (probabilities, labels)}
-    # never overwrite the run's own metrics with other data or another evaluation protocol
-    folder = out or (run.path if own_data and split == "test" and not tta else None)
+    # never overwrite the run's own metrics with other data or another test-time augmentation than training's
+    folder = out or (run.path if own_data and split == "test" and tta == trained_tta else None)
     if corruptions:
         _evaluate_corruptions(result, model, class_names, data, split, corruptions, severities, artifact, seed)
     if folder:
@@ -236,9 +278,18 @@ def _write(folder, result, curves, run, data):
         io.write_text(run.file(runs.CARD_FILE), model_card(run.config, result, data))
 
 
+def _accuracy(probabilities, labels):
+    predicted = probabilities[:, 0] > 0.5 if probabilities.shape[1] == 1 else probabilities.argmax(axis=1)
+    return float(np.mean(predicted == labels))
+
+
 def _check_tta(tta):
+    """`tta` as a key of TTA_VIEWS ("none" is None), or ValueError."""
+    if tta == "none":
+        return None
     if tta not in TTA:
-        raise ValueError(f"`tta` must be None or 'flip'. Received: tta={tta!r}")
+        raise ValueError(f"`tta` must be one of {', '.join(TTA_LEVELS)} (or None). Received: tta={tta!r}")
+    return tta
 
 
 def check_compatible(model, data):

@@ -63,7 +63,7 @@ class Conv2D(keras.layers.Conv2D):
     """
 
     def convolution_op(self, inputs, kernel):
-        if not self.uses_strips(inputs.shape):
+        if not self.uses_strips(inputs.shape, getattr(inputs, "device", "")):
             return super().convolution_op(inputs, kernel)
         import tensorflow as tf
 
@@ -71,13 +71,25 @@ class Conv2D(keras.layers.Conv2D):
         per_strip = max(1, STRIP_WIDTH // (inputs.shape[2] + gap))
         return _strip_gradient_conv(gap, per_strip)(inputs, tf.convert_to_tensor(kernel))
 
-    def uses_strips(self, input_shape):
-        """Whether the kernel gradient for inputs of `input_shape` (N, H, W, C) is computed on strips."""
+    def uses_strips(self, input_shape, device=""):
+        """Whether the kernel gradient for inputs of `input_shape` (N, H, W, C) is computed on strips: only on a
+        CPU, where it was measured (`on_cpu`)."""
         _, height, width, channels = input_shape
-        return (keras.backend.backend() == "tensorflow" and self.data_format == "channels_last"
+        return (keras.backend.backend() == "tensorflow" and on_cpu(device) and self.data_format == "channels_last"
                 and self.padding == "same" and self.strides == (1, 1) and self.dilation_rate == (1, 1)
                 and self.groups == 1 and None not in (height, width, channels) and width <= STRIP_MAX_WIDTH
                 and channels >= STRIP_MIN_CHANNELS)
+
+
+def on_cpu(device=""):
+    """Whether TensorFlow places this layer's ops on a CPU: the current device scope names a CPU, or none is
+    named and the machine has no GPU (TensorFlow would otherwise pick the GPU). `device`: the tensor's device
+    string ("" when unplaced, as inside a traced function without a device scope)."""
+    import tensorflow as tf
+
+    if device:
+        return tf.DeviceSpec.from_string(device).device_type in (None, "CPU")
+    return not tf.config.list_logical_devices("GPU")
 
 
 def _strip_gradient_conv(gap, per_strip):

@@ -9,7 +9,12 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu")
 HEADS = ("flatten", "gap", "gmp")
 DOWNSAMPLES = ("maxpool", "avgpool", "stride")
 PADDINGS = ("valid", "same")
-AUGMENT_PRESETS = ("none", "basic", "strong", "cutout")
+AUGMENT_PRESETS = ("none", "basic", "strong", "cutout")  # the general presets (the tuning space draws from these)
+# airbench's flips and translations, and Keras's RandAugment and AugMix (`keras_cnn.augment`)
+MORE_AUGMENT_PRESETS = ("flip_translate", "randaugment", "augmix")
+ALL_AUGMENT_PRESETS = AUGMENT_PRESETS + MORE_AUGMENT_PRESETS
+TTA_LEVELS = ("none", "flip", "flip+translate")  # test-time augmentation (`keras_cnn.evaluation`)
+KERNEL_INITIALIZERS = ("he_normal", "glorot_uniform", "dirac")  # dirac: `keras_cnn.initializers.Dirac`
 POOLINGS = (None, "avg", "max")  # of a model without its top, as keras.applications names them
 STRATEGIES = (None, "mirrored")  # of `keras_cnn.train`: one device, or data-parallel over the local ones
 INTEGER_IO = ("uint8", "int8")  # input/output type of an exported int8 TFLite model (`keras_cnn.export`'s `io`)
@@ -137,6 +142,12 @@ COMMON = {
     "width": positive_float,
     "kernel_size": positive_int,
     "downsample": choice(DOWNSAMPLES),
-    "augment": choice(AUGMENT_PRESETS),
+    "augment": choice(ALL_AUGMENT_PRESETS),
     "flip": boolean,
+    # batch norm without a learned scale, its momentum and epsilon; a logit scale before `predictions`
+    "bn_scale": boolean,
+    "bn_momentum": fraction,
+    "bn_epsilon": positive_float,
+    "head_scale": positive_float,
+    "kernel_initializer": choice(KERNEL_INITIALIZERS),
 }

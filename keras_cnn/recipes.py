@@ -5,12 +5,33 @@ learning rate 0.1 on a per-step cosine schedule (after a short linear warm-up),
 and weight decay 5e-4 added to the gradient as L2, as `torch.optim.SGD` does.
 Keras's own `weight_decay=` is decoupled (w -= lr * wd * w, AdamW-style), which
 is a different and here much weaker regulariser, so it cannot stand in for it
-(`keras_cnn.optimizers.TorchSGD` is the optimizer). Keras is imported when a function runs, so the
-command line can read RECIPES without loading it.
+(`keras_cnn.optimizers.TorchSGD` is the optimizer).
+
+`airbench` is airbench94's recipe (Keller Jordan's CIFAR-10 speed run): Nesterov SGD with momentum 0.85,
+a learning rate given per 1,024 examples (11.5) and divided by airbench's `1 + 1 / (1 - momentum)` so the
+step size does not depend on the momentum, L2 weight decay 0.0153 per 1,024 examples (the same decay per
+step at every batch size), batch-norm offsets at 64x the rate, a linear warm-up from 0.2x over the first 23%
+of steps and a linear decay to 0.07x, label smoothing 0.2, and lookahead (Keras's EMA, overwriting the
+weights every 5 steps, its momentum ramped up as airbench's). Its defaults (`RECIPE_DEFAULTS`) are
+airbench's: 9.9 epochs of batch 1,024 and `flip+translate` test-time augmentation; `MODEL_OPTIONS` are the
+network options that go with it where a model has them (the `airbench` model has them all).
+
+Keras is imported when a function runs, so the command line can read RECIPES without loading it.
 """
-RECIPES = ("sgd", "adam")
-DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
+RECIPES = ("sgd", "adam")  # the general-purpose recipes (the tuning space draws from these)
+SPEED_RECIPES = ("airbench",)  # recipes tuned for one network and data set (their lr means something else)
+ALL_RECIPES = RECIPES + SPEED_RECIPES
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "airbench": 11.5}  # airbench: per 1,024 examples
 WARMUP_FRACTION = 0.02  # of all steps, for the sgd recipe
+# `train` arguments a recipe sets when the caller leaves them unset (None); the general ones otherwise.
+TRAIN_DEFAULTS = {"epochs": 30, "batch_size": 128, "label_smoothing": 0.0, "tta": None, "ema": None}
+RECIPE_DEFAULTS = {"airbench": {"epochs": 9.9, "batch_size": 1024, "label_smoothing": 0.2, "tta": "flip+translate",
+                                "ema": 0.95}}
+MODEL_OPTIONS = {"airbench": {"stem_init": "whitening", "kernel_initializer": "dirac", "bn_scale": False,
+                              "bn_momentum": 0.6, "bn_epsilon": 1e-12, "head": "gmp", "head_scale": 1 / 9,
+                              "augment": "flip_translate"}}
+AIRBENCH = {"momentum": 0.85, "weight_decay": 0.0153, "bias_scaler": 64.0, "warmup": 0.23, "start": 0.2,
+            "end": 0.07, "lookahead_every": 5}
 # Every call from Keras into TensorFlow has a fixed cost (Python, callbacks, starting the graph): on a
 # 2-core CPU a batch-2 step took 7.0 ms with one step per call and 5.4 with 32. Several steps per call
 # made `small` at batch 128 5-11% faster; `deeper`, 12x the work a step, gained nothing measurable.
@@ -20,19 +41,33 @@ MACS_PER_EXECUTION = 64e9
 MAX_STEPS_PER_EXECUTION = 32
 
 
-def optimizer(recipe, *, total_steps, learning_rate=None):
-    """The recipe's optimizer; `total_steps` sizes the cosine schedule of `sgd`."""
+def defaults(recipe, **given):
+    """`given` (epochs, batch_size, label_smoothing, tta, ema) with each None replaced by the recipe's default."""
+    if recipe not in ALL_RECIPES:
+        raise ValueError(f"`recipe` must be one of {', '.join(ALL_RECIPES)}. Received: recipe={recipe!r}")
+    chosen = {**TRAIN_DEFAULTS, **RECIPE_DEFAULTS.get(recipe, {})}
+    return {key: chosen[key] if value is None else value for key, value in given.items()}
+
+
+def optimizer(recipe, *, total_steps, learning_rate=None, batch_size=128, ema=None):
+    """The recipe's optimizer; `total_steps` sizes the schedule, `ema` (a momentum) keeps Keras's moving average
+    of the weights, which evaluation and the checkpoint use (`keras_cnn.callbacks`)."""
     import keras
 
     from keras_cnn.optimizers import TorchSGD
 
-    if recipe not in RECIPES:
-        raise ValueError(f"`recipe` must be one of {', '.join(RECIPES)}. Received: recipe={recipe!r}")
+    if recipe not in ALL_RECIPES:
+        raise ValueError(f"`recipe` must be one of {', '.join(ALL_RECIPES)}. Received: recipe={recipe!r}")
     peak = DEFAULT_LR[recipe] if learning_rate is None else learning_rate
     if not peak > 0:
         raise ValueError(f"the learning rate must be > 0. Received: learning_rate={learning_rate!r}")
+    averaging = {"use_ema": True, "ema_momentum": ema} if ema else {}
+    if ema is not None and not 0 <= ema < 1:
+        raise ValueError(f"`ema` is the moving average's momentum, 0 <= ema < 1. Received: ema={ema!r}")
     if recipe == "adam":
-        return keras.optimizers.Adam(peak)
+        return keras.optimizers.Adam(peak, **averaging)
+    if recipe == "airbench":
+        return _airbench_optimizer(peak, total_steps, batch_size, averaging)
     warmup = int(total_steps * WARMUP_FRACTION)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else peak,
@@ -40,7 +75,26 @@ def optimizer(recipe, *, total_steps, learning_rate=None):
         warmup_target=peak if warmup else None,
         warmup_steps=warmup,
     )
-    return TorchSGD(schedule)
+    return TorchSGD(schedule, **averaging)
+
+
+def airbench_learning_rate(rate_per_1024, batch_size, momentum=AIRBENCH["momentum"]):
+    """The Keras learning rate (of a batch-mean loss) for airbench's decoupled rate per 1,024 examples:
+    airbench sums the loss over the batch and divides its rate by 1024 * (1 + 1 / (1 - momentum))."""
+    return rate_per_1024 * batch_size / (1024 * (1 + 1 / (1 - momentum)))
+
+
+def _airbench_optimizer(rate_per_1024, total_steps, batch_size, averaging):
+    from keras_cnn.optimizers import TorchSGD, TriangularSchedule
+
+    peak = airbench_learning_rate(rate_per_1024, batch_size)
+    warmup = max(1, int(total_steps * AIRBENCH["warmup"]))
+    schedule = TriangularSchedule(peak, warmup, max(1, total_steps), AIRBENCH["start"], AIRBENCH["end"])
+    # lr * l2 = airbench's decay per step, weight_decay * batch / (1024 * (1 + 1 / (1 - momentum))).
+    l2 = AIRBENCH["weight_decay"] / rate_per_1024
+    lookahead = {"ema_overwrite_frequency": AIRBENCH["lookahead_every"], "ema_ramp_steps": total_steps}
+    return TorchSGD(schedule, momentum=AIRBENCH["momentum"], l2=l2, nesterov=True,
+                    bias_lr_scale=AIRBENCH["bias_scaler"], **(dict(averaging, **lookahead) if averaging else {}))
 
 
 def steps_per_execution(model, batch_size):
@@ -66,16 +120,17 @@ def loss_and_metrics(num_outputs, label_smoothing=0.0):
 
 
 def compile_model(model, recipe="sgd", *, total_steps, learning_rate=None, label_smoothing=0.0, batch_size=128,
-                  steps_per_call=None):
+                  steps_per_call=None, ema=None):
     """Compile `model` as every keras_cnn trainer does (`train`, its fine-tuning phase, the tuner's trials).
 
-    The recipe's optimizer (its schedule spanning `total_steps`, the peak `learning_rate` or the recipe's),
-    cross-entropy on one-hot labels with `label_smoothing`, `accuracy` (and `top5_accuracy` above 5 classes),
-    no XLA, and `steps_per_call` training steps per Keras call (default: `steps_per_execution(model,
-    batch_size)`). Returns the optimizer.
+    The recipe's optimizer (its schedule spanning `total_steps`, the peak `learning_rate` or the recipe's,
+    the weights' moving average with momentum `ema`), cross-entropy on one-hot labels with `label_smoothing`,
+    `accuracy` (and `top5_accuracy` above 5 classes), no XLA, and `steps_per_call` training steps per Keras call
+    (default: `steps_per_execution(model, batch_size)`). Returns the optimizer.
     """
     loss, metrics = loss_and_metrics(model.output_shape[-1], label_smoothing)
-    optimizer_ = optimizer(recipe, total_steps=total_steps, learning_rate=learning_rate)
+    optimizer_ = optimizer(recipe, total_steps=total_steps, learning_rate=learning_rate, batch_size=batch_size,
+                           ema=ema)
     per_call = steps_per_execution(model, batch_size) if steps_per_call is None else steps_per_call
     model.compile(optimizer=optimizer_, loss=loss, metrics=metrics, jit_compile=False, steps_per_execution=per_call)
     return optimizer_

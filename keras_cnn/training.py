@@ -46,8 +46,8 @@ class TrainingDiverged(ValueError):
     """The loss became NaN or infinite; the message says what to try (a ValueError: the settings are the cause)."""
 
 
-def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", learning_rate=None,
-          label_smoothing=0.0, precision="auto", mixup=0.0, cutmix=0.0, seed=0, out=None, resume=False,
+def train(model, data="digits", *, epochs=None, batch_size=None, recipe="sgd", learning_rate=None,
+          label_smoothing=None, ema=None, tta=None, precision="auto", mixup=0.0, cutmix=0.0, seed=0, out=None, resume=False,
           early_stopping=None, tensorboard=False, strategy=None, class_weights=False, data_options=None,
           input_shape=None, num_classes=None, weights=None, fine_tune_epochs=0, unfreeze=None, callbacks=(),
           verbose="auto", **overrides):
@@ -56,10 +56,17 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
     Args:
         model: a name from `keras_cnn.list_models()`, or a `keras.Model` taking raw pixels [0, 255].
         data: a data spec ("digits", "tfds:mnist", "folder:PATH", (x, y)) or an `ImageData`.
-        epochs, batch_size: the training length and batch size.
-        recipe: "sgd" (seed 003: momentum 0.9, lr 0.1 cosine, coupled L2 5e-4) or "adam" (1e-3).
-        learning_rate: overrides the recipe's (peak) learning rate.
-        label_smoothing: for the cross-entropy loss.
+        epochs, batch_size: the training length (a fraction, e.g. 9.9, ends the last epoch early) and batch
+            size; None: the recipe's (airbench: 9.9 and 1024), else 30 and 128.
+        recipe: "sgd" (seed 003: momentum 0.9, lr 0.1 cosine, coupled L2 5e-4), "adam" (1e-3) or "airbench"
+            (airbench94's Nesterov SGD, label smoothing, lookahead; its network options where the model has
+            them: `keras_cnn.recipes`).
+        learning_rate: overrides the recipe's (peak) learning rate (airbench: per 1,024 examples).
+        label_smoothing: for the cross-entropy loss (None: the recipe's, airbench 0.2, else 0).
+        ema: momentum of a moving average of the weights (e.g. 0.99; Keras's `use_ema`), which validation,
+            the checkpoint, the test metrics and export then use; None: the recipe's (airbench: lookahead).
+        tta: test-time augmentation of the final evaluation: None, "flip" or "flip+translate" (metrics.json
+            keeps the figure of every level up to it); None: the recipe's (airbench: "flip+translate").
         precision: "auto" (measured per machine), "float32", "mixed_bfloat16" or "mixed_float16";
             applies when the model is built by name.
         mixup, cutmix: probability-free strengths (alpha) of batch MixUp / CutMix on one-hot labels; 0 = off.
@@ -86,12 +93,14 @@ def train(model, data="digits", *, epochs=30, batch_size=128, recipe="sgd", lear
         **overrides: variant options for a model built by name (`augment="basic"`, `dropout=0.3`, ...).
     """
     call = types.SimpleNamespace(**locals())  # the arguments, which every step reads
+    vars(call).update(recipes.defaults(recipe, epochs=epochs, batch_size=batch_size,
+                                       label_smoothing=label_smoothing, tta=tta, ema=ema))
     data, policy = _prepare(call)
     started = time.perf_counter()
     with _distribution(strategy).scope():
         model = _build_model(call, data, policy)
         batches = _batches(call, model, data)
-        _compile(call, model, batches.steps)
+        _compile(call, model, batches)
     run = _open_run(call, model, data, policy)
     best = _fit(call, run, model, data, batches)
     return _finish(call, run, data, best, train_seconds=time.perf_counter() - started)
@@ -101,6 +110,7 @@ class _Batches(NamedTuple):
     train: object  # tf.data.Dataset of shuffled (augmented, mixed) training batches
     val: object  # the validation batches, or None when the data has no validation split
     steps: int  # training batches per epoch
+    total: int  # training batches of phase 1 (fractional epochs end the last one early)
 
 
 def _prepare(call):
@@ -110,6 +120,8 @@ def _prepare(call):
     _check_arguments(call.epochs, call.batch_size, call.mixup, call.cutmix, call.strategy, call.early_stopping,
                      call.fine_tune_epochs, call.unfreeze, call.num_classes)
     by_name = isinstance(call.model, str)
+    if by_name:
+        call.overrides = _recipe_model_options(call.model, call.recipe, call.overrides)
     if not by_name and (call.overrides or call.input_shape is not None or call.strategy or call.weights is not None):
         raise ValueError("overrides, input_shape, weights and strategy apply to models built by name; build the "
                          f"model with them instead. Received: model=<keras.Model {call.model.name}>")
@@ -134,6 +146,7 @@ def _build_model(call, data, policy):
                                                                                              call.overrides)
         model = _build(model, policy, input_shape=shape, num_classes=call.num_classes or data.num_classes,
                        weights=call.weights, **call.overrides)
+        _initialize_from_data(model, call.model, call.overrides, data)
     evaluation.check_compatible(model, data)
     if call.fine_tune_epochs:
         _fine_tuning(model)
@@ -145,15 +158,20 @@ def _batches(call, model, data):
     train_set = _training_batches(data, call.batch_size, image_shape, call.seed, call.mixup, call.cutmix, model)
     val_set = (_labels_for(model, data.pipeline("val", batch_size=call.batch_size, image_shape=image_shape))
                if data.sizes["val"] else None)
-    return _Batches(train_set, val_set, math.ceil(data.sizes["train"] / call.batch_size))
+    steps = math.ceil(data.sizes["train"] / call.batch_size)
+    return _Batches(train_set, val_set, steps, math.ceil(call.epochs * steps))
 
 
-def _compile(call, model, steps):
+def _compile(call, model, batches):
     # Keras's multi-step loop fails on a distributed iterator ("You must feed a value for placeholder
     # tensor", keras-team/keras#19246), so a strategy runs one step per call.
-    recipes.compile_model(model, call.recipe, total_steps=call.epochs * steps, learning_rate=call.learning_rate,
-                          label_smoothing=call.label_smoothing, batch_size=call.batch_size,
-                          steps_per_call=1 if call.strategy else None)
+    per_call = 1 if call.strategy else recipes.steps_per_execution(model, call.batch_size)
+    last = batches.total % batches.steps  # steps of a fractional last epoch: calls end exactly there
+    if last:
+        per_call = max(d for d in range(1, per_call + 1) if last % d == 0)
+    recipes.compile_model(model, call.recipe, total_steps=batches.total, learning_rate=call.learning_rate,
+                          label_smoothing=call.label_smoothing, batch_size=call.batch_size, steps_per_call=per_call,
+                          ema=call.ema)
 
 
 def _open_run(call, model, data, policy):
@@ -188,9 +206,10 @@ def _fit(call, run, model, data, batches):
     fit = functools.partial(_fit_epochs, call, run, model, data, batches, best)
     losses = []
     if "fine_tune" not in run.config:  # else a resumed run that had finished phase 1
-        phase = fit(0, call.epochs, last_phase=not call.fine_tune_epochs, append=call.resume)
+        phase = fit(0, math.ceil(call.epochs), last_phase=not call.fine_tune_epochs, append=call.resume,
+                    stop_at_step=batches.total)
         losses += phase.history.get("loss", [])
-        run.config["fine_tune"] = {"from_epoch": phase.epoch[-1] + 1 if phase.epoch else call.epochs}
+        run.config["fine_tune"] = {"from_epoch": phase.epoch[-1] + 1 if phase.epoch else math.ceil(call.epochs)}
     if call.fine_tune_epochs and all(math.isfinite(loss) for loss in losses):
         losses += _fine_tune(call, run, model, fit, batches.steps)
     else:
@@ -200,12 +219,19 @@ def _fit(call, run, model, data, batches):
     return best
 
 
-def _fit_epochs(call, run, model, data, batches, best, first_epoch, last_epoch, *, last_phase, append):
+def _fit_epochs(call, run, model, data, batches, best, first_epoch, last_epoch, *, last_phase, append,
+                stop_at_step=None):
     """`model.fit` from `first_epoch` to `last_epoch` with the run's callbacks: history.csv, the best checkpoint,
-    the backup that makes the run resumable, and the caller's."""
+    the backup that makes the run resumable, the moving average's swap for validation, a stop at the optimizer's
+    step `stop_at_step` (fractional epochs), and the caller's."""
     import keras
 
+    from keras_cnn.callbacks import AugmentationEpoch, StopAtStep, uses_ema
+
     fit_callbacks = [  # in this order at each epoch's end: the backup marks the epoch finished, so it is last
+        AugmentationEpoch(),
+        *([keras.callbacks.SwapEMAWeights()] if uses_ema(model) else []),  # validation on the averaged weights
+        *([StopAtStep(stop_at_step)] if stop_at_step else []),
         keras.callbacks.CSVLogger(run.file(runs.HISTORY_FILE), append=append),
         best,
         keras.callbacks.TerminateOnNaN(),
@@ -246,7 +272,7 @@ def _fine_tune(call, run, model, fit, steps):
     with _distribution(call.strategy).scope():
         recipes.compile_model(model, call.recipe, total_steps=call.fine_tune_epochs * steps,
                               learning_rate=phase["learning_rate"], label_smoothing=call.label_smoothing,
-                              steps_per_call=model.steps_per_execution)
+                              steps_per_call=model.steps_per_execution, ema=call.ema)
     with warnings.catch_warnings():  # restoring phase 1's backup skips its (head-only) optimizer state, as it should
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         history = fit(first, first + call.fine_tune_epochs, last_phase=True, append=True)
@@ -260,7 +286,8 @@ def _finish(call, run, data, best, *, train_seconds):
     model = run.load_model()
     history = run.read_history()
     test_split = "test" if data.sizes["test"] else "val"
-    metrics = evaluation.evaluate(model, data, split=test_split, batch_size=max(call.batch_size, 256), out=run.path)
+    metrics = evaluation.evaluate(model, data, split=test_split, batch_size=max(call.batch_size, 256), out=run.path,
+                                  tta=call.tta)
     viz.save(viz.curves(history), run.file(runs.CURVES_FILE))
     run.config.update(best_epoch=best.best["epoch"], monitor=best.monitor, train_seconds=round(train_seconds, 1),
                       test_accuracy=metrics.accuracy, epochs_run=len(history.get("loss", [])))
@@ -275,7 +302,7 @@ def _finish(call, run, data, best, *, train_seconds):
 
 def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping, fine_tune_epochs=0, unfreeze=None,
                      num_classes=None):
-    options.positive_int("epochs", epochs)
+    options.positive_float("epochs", epochs)
     options.positive_int("batch_size", batch_size)
     options.fraction("mixup", mixup)
     options.fraction("cutmix", cutmix)
@@ -293,6 +320,28 @@ def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping
             raise ValueError(f"`unfreeze` has no effect without fine-tuning epochs (`fine_tune_epochs`). "
                              f"Received: unfreeze={unfreeze!r}")
         options.positive_int("unfreeze", unfreeze)
+
+
+def _recipe_model_options(name, recipe, overrides):
+    """`overrides` over the network options that go with `recipe` (`recipes.MODEL_OPTIONS`) that model `name`
+    has; the caller's win."""
+    from keras_cnn.registry import valid_options
+
+    valid = valid_options(name)
+    if (overrides or {}).get("batchnorm") is False:  # the recipe's batch-norm options would then be refused
+        valid = {key: check for key, check in valid.items() if not key.startswith("bn_")}
+    return {**{key: value for key, value in recipes.MODEL_OPTIONS.get(recipe, {}).items() if key in valid},
+            **(overrides or {})}
+
+
+def _initialize_from_data(model, name, overrides, data):
+    """A family's data-dependent initialisation (`initialize_from_data(model, config, data)`; airbench's
+    whitening stem), from this run's own training images; resumed runs then restore their saved weights."""
+    from keras_cnn.registry import family_of, resolve
+
+    hook = getattr(family_of(name), "initialize_from_data", None)
+    if hook is not None:
+        hook(model, resolve(name, overrides), data)
 
 
 def _build(name, policy, **kwargs):

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_cnn.augment import PRESETS, RandomResizedCrop, augmentation
+from keras_cnn.augment import PRESETS, AlternatingFlip, RandomResizedCrop, augmentation
 
 ACTIVE = [p for p in PRESETS if p != "none"]
 SHAPES = [(32, 32, 3), (8, 8, 1)]
@@ -49,8 +49,9 @@ def test_shapes_identity_and_per_image_randomness(preset, shape):
     trained = np.asarray(aug(x, training=True))
     assert trained.shape == x.shape
     assert n_distinct(trained) > len(x) // 4  # identical inputs, many different outputs
-    # Each layer on its own must draw per image: one draw per batch gives 1 distinct output.
-    for layer in aug.layers:
+    # Each layer on its own must draw per image: one draw per batch gives 1 distinct output. (AlternatingFlip is
+    # derandomised: identical images are flipped alike.)
+    for layer in [layer for layer in aug.layers if not isinstance(layer, AlternatingFlip)]:
         assert n_distinct(layer(x, training=True)) >= 2, layer.name
 
 

@@ -102,10 +102,12 @@ def test_train_options_are_the_librarys_choices_and_defaults():
 
     train_options = cli_parser.train_options()
     assert set(train_options) <= set(inspect.signature(train).parameters)
-    assert train_options["recipe"][1]["choices"] == recipes.RECIPES
+    assert train_options["recipe"][1]["choices"] == recipes.ALL_RECIPES
     assert train_options["precision"][1]["choices"] == precision.PRECISIONS
     defaults = inspect.signature(train).parameters
-    for name in ("epochs", "batch_size", "recipe", "precision", "seed"):
+    for name in ("recipe", "precision", "seed"):
         assert f"(default {defaults[name].default})" in train_options[name][1]["help"]
+    for name in ("epochs", "batch_size"):  # None in train: the recipe's
+        assert f"else {recipes.TRAIN_DEFAULTS[name]})" in train_options[name][1]["help"]
     help_text = run("train", "--help").stdout
     assert all(preset in help_text for preset in options.AUGMENT_PRESETS)

@@ -8,15 +8,24 @@ ResNet-18; its time to accuracy on CIFAR-10 is logged in docs/performance.md.
 Measured differences from airbench: ReLU instead of GELU (GELU made a training step
 markedly slower on CPU) and average instead of max pooling in the head (without
 airbench's 1/9 logit scale, the max-pool head diverged at the learning rates used
-here). Its frozen whitening stem and lookahead are not reproduced: the stem is
-learned like any other layer. Flip test-time augmentation is `evaluate(..., tta="flip")`.
+here). Flip test-time augmentation is `evaluate(..., tta="flip")`.
+
+airbench94's own network options are here too, and `--recipe airbench` turns them on
+(`keras_cnn.recipes.MODEL_OPTIONS`): `stem_init="whitening"` (a frozen 2x2 stem computed from the run's
+training images, `keras_cnn.initializers.whitening_filters`, 8 filters per input channel), identity-initialised
+convolutions (`kernel_initializer="dirac"`), batch norm without a learned scale and with momentum 0.6
+(`bn_scale`, `bn_momentum`, `bn_epsilon`), and a global max-pool head with logits scaled by 1/9 (`head="gmp"`,
+`head_scale`; airbench pools a 3x3 window of the final 4x4 map). ReLU stays (`activation="gelu"` is airbench's).
 """
 from keras_cnn import options
 from keras_cnn.registry import Spec, register_model
 from keras_cnn.shapes import Op
 
+STEM_INITS = ("he_normal", "whitening")
+
 OPTIONS = {
     "stem": options.positive_int,
+    "stem_init": options.choice(STEM_INITS),
 }
 
 DEFAULTS = {
@@ -33,6 +42,11 @@ DEFAULTS = {
     "augment": "none",
     "flip": True,
     "kernel_initializer": "he_normal",
+    "stem_init": "he_normal",
+    "bn_scale": True,
+    "bn_momentum": 0.9,
+    "bn_epsilon": 1e-5,
+    "head_scale": 1.0,
 }
 
 
@@ -47,6 +61,10 @@ def resolve(config, *, explicit, name):
     filters = options.stage_filters(config, explicit, name)
     config["stage_filters"] = options.scaled(filters, config["width"])
     config["stem_filters"] = options.scaled((config["stem"],), config["width"])[0]
+    options.require(name, explicit, config, "stem", config["stem_init"] != "whitening",
+                    "with stem_init='whitening' (its width is 8 filters per input channel)")
+    for option in ("bn_scale", "bn_momentum", "bn_epsilon"):
+        options.require(name, explicit, config, option, config["batchnorm"], "without batch norm (`batchnorm`)")
     return config
 
 
@@ -65,7 +83,7 @@ def _stage(x, filters, prefix, config):
     x = blocks.conv(x, filters, f"{prefix}_conv1", config)
     x = blocks.pool(x, "maxpool", f"{prefix}_pool")
     if config["batchnorm"]:
-        x = blocks.batchnorm(f"{prefix}_bn1")(x)
+        x = blocks.batchnorm(f"{prefix}_bn1", config)(x)
     x = blocks.activation(config["activation"], f"{prefix}_act1")(x)
     return blocks.conv_bn_act(x, filters, prefix, config, suffix="2")
 
@@ -78,10 +96,23 @@ def build(config, *, name, **top):
     from keras_cnn import blocks
 
     inputs, x = blocks.inputs_and_stem(config)
-    x = layers.Conv2D(config["stem_filters"], 2, padding="valid", kernel_initializer=config["kernel_initializer"],
-                      name="stem_conv")(x)
+    whitening = config["stem_init"] == "whitening"  # frozen; `initialize_from_data` computes it
+    stem_filters = 8 * config["input_shape"][-1] if whitening else config["stem_filters"]
+    x = layers.Conv2D(stem_filters, 2, padding="valid", kernel_initializer=config["stem_init"] if not whitening
+                      else "zeros", trainable=not whitening, name="stem_conv")(x)
     x = blocks.activation(config["activation"], "stem_act")(x)
     for i, filters in enumerate(config["stage_filters"], start=1):
         x = _stage(x, filters, f"stage{i}", config)
     outputs = blocks.head(x, config, **top)
     return keras.Model(inputs, outputs, name=name)
+
+
+def initialize_from_data(model, config, data):
+    """With `stem_init="whitening"`, set the frozen stem to whiten 2x2 patches of the first training images of
+    `data` (a seeded random sample), as the model sees them (pixels / 255). `keras_cnn.train` calls it."""
+    if config["stem_init"] != "whitening":
+        return
+    from keras_cnn.initializers import WHITENING_IMAGES, whitening_filters
+
+    images, _ = data.arrays("train", image_shape=tuple(model.input_shape[1:]), limit=WHITENING_IMAGES)
+    model.get_layer("stem_conv").set_weights(list(whitening_filters(images / 255.0)))

@@ -86,9 +86,9 @@ def _basic_block(x, filters, stride, prefix, config):
     y = blocks.conv_bn_act(y, filters, prefix, config, act=False, suffix="2")
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, padding="same", use_bias=not config["batchnorm"],
-                                 kernel_initializer=config["kernel_initializer"], name=f"{prefix}_shortcut_conv")(x)
+                                 kernel_initializer=blocks.kernel_initializer(config), name=f"{prefix}_shortcut_conv")(x)
         if config["batchnorm"]:
-            shortcut = blocks.batchnorm(f"{prefix}_shortcut_bn")(shortcut)
+            shortcut = blocks.batchnorm(f"{prefix}_shortcut_bn", config)(shortcut)
     y = layers.Add(name=f"{prefix}_add")([shortcut, y])
     return blocks.activation(config["activation"], f"{prefix}_out")(y)
 
