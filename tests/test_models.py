@@ -126,6 +126,12 @@ def alternatives(name):
         "bn_after_activation": not config.get("bn_after_activation"),
         "pool_last": not config.get("pool_last"),
         "blocks": [1] * len(config["stage_filters"]),
+        "bn_scale": not config.get("bn_scale", True),
+        "bn_momentum": 0.5,
+        "bn_epsilon": 1e-3,
+        "head_scale": 0.5,
+        "kernel_initializer": "dirac",
+        "stem_init": "whitening",
     }
     options = registry.valid_options(name)
     assert set(options) <= set(picks), f"no test value for {set(options) - set(picks)}"
