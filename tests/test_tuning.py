@@ -19,7 +19,7 @@ from tensorflow.python.framework.func_graph import FuncGraph
 import keras_cnn
 from keras_cnn.tuning import budgets, results, search, spaces
 from keras_cnn.tuning.hypermodel import ZooHyperModel
-from keras_cnn.tuning.search import HyperbandOracle, HyperbandTuner, ZooTuner, _custom_gradients_released, make_tuner
+from keras_cnn.tuning.tuners import HyperbandOracle, HyperbandTuner, ZooTuner, _custom_gradients_released, make_tuner
 
 DIGITS = (8, 8, 1)
 FAST = dict(epochs=2, verbose=0, seed=3)
@@ -310,8 +310,8 @@ def test_keras_cnn_tune_is_the_search():
     assert keras_cnn.tune is search  # the function keras_cnn.tuning exports
 
 
-# ---------------------------------------------------------------- keras-tuner's private API (tuning/search.py)
-# One test per private method or attribute tuning/search.py overrides or reads: each fails when a keras-tuner
+# ---------------------------------------------------------------- keras-tuner's private API (tuning/tuners.py)
+# One test per private method or attribute tuning/tuners.py overrides or reads: each fails when a keras-tuner
 # release renames it, changes its arguments or stops calling it where the override expects.
 
 
