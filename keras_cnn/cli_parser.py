@@ -227,8 +227,22 @@ def parser():
     s.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     s.add_argument("--max-params", type=int, metavar="N", help="budget: parameters")
     s.add_argument("--max-macs", type=int, metavar="N", help="budget: multiply-accumulates per image")
-    s.add_argument("--max-tflite-kb", type=float, metavar="KB", help="budget: float32 TFLite file size")
-    s.add_argument("--max-latency-ms", type=float, metavar="MS", help="budget: TFLite batch-1 latency on this machine")
+    s.add_argument("--max-tflite-kb", type=float, metavar="KB", help="budget: size of the shipped TFLite file (--ship)")
+    s.add_argument("--max-latency-ms", type=float, metavar="MS", help="budget: the shipped file's batch-1 LiteRT "
+                   "latency on this machine")
+    s.add_argument("--ship", choices=options.QUANTIZATIONS, default="int8",
+                   help="the TFLite variant every trained trial is converted to (as `export` does) and measured as: "
+                   "accuracy on val in LiteRT, file size, latency (default int8, calibrated on training images)")
+    s.add_argument("--objectives", type=_csv, metavar="LIST",
+                   help=f"search the trade-off between some of {','.join(options.OBJECTIVES)} (of the shipped file), "
+                   "e.g. accuracy,kb,latency: every trial's values are kept and the Pareto front is reported "
+                   "(OUT/front.txt, front.png); bayesian steers with a random weighting per trial (ParEGO)")
+    s.add_argument("--export-front", action="store_true",
+                   help="export and verify every model on the front (`keras-cnn export`) into OUT/front/trial_NN/")
+    s.add_argument("--executions-per-trial", type=int, default=1, metavar="N",
+                   help="train each configuration N times and average (the tables show mean±std; default 1)")
+    s.add_argument("--latency-runs", type=int, default=50, metavar="N",
+                   help="batch-1 runs whose median is a shipped file's latency (default 50; 0: not timed)")
     s.add_argument("--distributed", action="store_true",
                    help="run keras-tuner's chief and --workers workers as processes on this machine")
     s.add_argument("--workers", type=int, default=2, help="worker processes with --distributed (default 2)")

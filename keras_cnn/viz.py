@@ -281,6 +281,8 @@ def pareto_front(points, front, *, ship="int8", references=()):
     if latencies:
         figure.colorbar(dots, ax=axis, label=f"{ship} batch-1 latency (ms)")
     axis.set_xscale("log")
+    for ticks in (axis.xaxis.set_major_formatter, axis.xaxis.set_minor_formatter):
+        ticks(matplotlib.ticker.FormatStrFormatter("%g"))  # 300 rather than 3 x 10^2
     axis.set_xlabel(f"{ship} TFLite file (KB, log scale)")
     axis.set_ylabel(f"{ship} top-1 accuracy (validation, LiteRT)")
     axis.grid(alpha=0.3)

@@ -55,17 +55,24 @@ class ZooHyperModel(keras_tuner.HyperModel):
     def proposal(self, hp):
         """The space's proposal for `hp`; FailedTrialError if its feature maps would collapse on this data."""
         proposal = self.space(hp)
-        side = registry.model_info(proposal.model, **proposal.overrides)["smallest_input"]
+        info = registry.model_info(proposal.model, **proposal.overrides)
+        side = info["smallest_input"]
         height, width = self.input_shape[:2]
         if height < side[0] or width < side[1]:
             raise keras_tuner.errors.FailedTrialError(
                 f"collapsed: needs inputs of at least {side[0]}x{side[1]}, the images are {height}x{width}")
+        if proposal.weights == "imagenet":
+            _check_imagenet(proposal.model, {**info["config"], "input_shape": self.input_shape})
         return proposal
 
     def build(self, hp):
         proposal = self.proposal(hp)
         model = registry.build(proposal.model, input_shape=self.input_shape, num_classes=self.num_classes,
-                               **proposal.overrides)
+                               weights=proposal.weights, **proposal.overrides)
+        if proposal.unfreeze:
+            from keras_cnn.models import transfer
+
+            transfer.unfreeze(model, proposal.unfreeze)
         # Hyperband continues a trial from another's weights: each trial's schedule spans the epochs it trains.
         epochs = hp.values.get("tuner/epochs", self.epochs) - hp.values.get("tuner/initial_epoch", 0)
         optimizer = recipes.compile_model(model, proposal.recipe, total_steps=epochs * self.steps_per_epoch,
@@ -93,6 +100,17 @@ class ZooHyperModel(keras_tuner.HyperModel):
             return history
         return {key: float(record[key]) for key in ("val_accuracy", "params", "macs", *ship.METRICS)
                 if record.get(key) is not None}
+
+
+def _check_imagenet(model, config):
+    """FailedTrialError when the ImageNet weights a proposal names are not in the Keras cache (or do not exist)."""
+    from keras_cnn import pretrained
+
+    try:
+        pretrained.check_imagenet_width(model, pretrained.BACKBONES[config["backbone"]], config)
+        pretrained.imagenet_weights_file(model, config)
+    except (ValueError, FileNotFoundError) as error:  # pretrained.WeightsUnavailable: not in the cache
+        raise keras_tuner.errors.FailedTrialError(f"no weights: {' '.join(str(error).split())}") from None
 
 
 def _load_checkpoint(model, callbacks):

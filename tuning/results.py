@@ -101,6 +101,9 @@ def finish(folder, settings, hypermodel, data, image_data, *, retrain, export_fr
     })
     run_dir = model = test_accuracy = None
     test_data = image_data
+    if retrain and proposal.unfreeze:  # `keras_cnn.train` unfreezes only in a second phase, which trials do not run
+        retrain = False
+        summary["retrain_skipped"] = "the best trial trained with unfrozen backbone blocks from the start"
     if retrain:
         options = {**settings["data_options"], "val_fraction": 0.0}
         test_data = keras_cnn.load_data(data, seed=settings["seed"], **options)
@@ -143,6 +146,7 @@ def _retrain(run_dir, proposal, data, data_options, epochs, settings, verbose):
         return keras_cnn.load(run_dir).model, config["test_accuracy"]
     run = keras_cnn.train(proposal.model, data, epochs=epochs, batch_size=settings["batch_size"],
                           recipe=proposal.recipe, learning_rate=proposal.learning_rate, precision="float32",
+                          weights=proposal.weights,
                           seed=settings["seed"], out=run_dir, resume=bool(config), data_options=data_options,
                           input_shape=data.image_shape, verbose=2 if verbose else 0,
                           **proposal.overrides)
