@@ -1,17 +1,22 @@
-"""A 20-trial search on a 10,000-image CIFAR-10 subset against the default `small`, and the same under 100 KB.
+"""Searches on a 10,000-image CIFAR-10 subset: against the default `small`, under 100 KB, and Pareto fronts.
 
 1. Loads the CIFAR-10 JPEG copy (train/<class>/*.jpg, test/<class>/*.jpg) and keeps a random subset of
    its training images (10,000 by default), split 70/10/20 into train/val/test by `keras_cnn.load_data`.
-2. Trains the default `small` (float32, the default recipe) for --epochs on that split: the baseline.
-3. Runs a random search of --trials trials of the `cnn` space, --epochs each, on the same split.
-4. Runs the same search with max_tflite_kb=100 and checks the winner really exports under 100 KB
-   (`keras_cnn.export`, float32 TFLite).
+2. "free": trains the default `small` (float32, the default recipe) for --epochs on that split, the
+   baseline, and runs a random search of --trials trials of the `cnn` space, --epochs each.
+3. "budget": the same search with max_tflite_kb=100 (on the shipped --ship file), and checks the winner
+   really exports under 100 KB (`keras_cnn.export`).
+4. "pareto-cnn", "pareto-fast": a --tuner search of --trials trials of the `cnn` (or `fast`) space with
+   --objectives (accuracy,kb,latency by default) on the --ship file, every front model exported and
+   verified; the default `small` and `deeper` are trained for --epochs on the same split, converted and
+   measured the same way, and drawn on the same axes (front_with_baselines.png in the search folder).
 
-Both searches run with retrain=False, so every number compares like with like: the same train split,
-the same epochs, the best validation epoch's weights, the same test split. Not a unit test.
+The searches run with retrain=False, so every number compares like with like: the same train split,
+the same epochs, the same validation and test splits. Not a unit test.
 
     python benchmarks/tune_cifar.py --epochs 5 --out saved_models/tune-cifar-bench
     python benchmarks/tune_cifar.py --epochs 5 --searches budget   # one search per process: both cores
+    python benchmarks/tune_cifar.py --epochs 5 --searches pareto-cnn --json pareto-cnn.json
 """
 import argparse
 import json
@@ -20,6 +25,8 @@ import tempfile
 import time
 
 from cifar import CIFAR
+
+PARETO = {"pareto-cnn": "cnn", "pareto-fast": "fast"}  # search name -> space
 
 
 def main():
@@ -31,8 +38,11 @@ def main():
     parser.add_argument("--max-tflite-kb", type=float, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="saved_models/tune-cifar-bench", help="folder for the three runs")
-    parser.add_argument("--searches", nargs="+", choices=("free", "budget"), default=["free", "budget"],
-                        help="which searches to run (run them as two processes to use both cores)")
+    parser.add_argument("--searches", nargs="+", choices=("free", "budget", *PARETO), default=["free", "budget"],
+                        help="which searches to run (run them as separate processes to use both cores)")
+    parser.add_argument("--objectives", default="accuracy,kb,latency", help="of the pareto searches")
+    parser.add_argument("--tuner", choices=("random", "bayesian"), default="random", help="of the pareto searches")
+    parser.add_argument("--ship", default="int8", help="the TFLite variant every trial is measured as")
     parser.add_argument("--json", help="also write the summary here")
     args = parser.parse_args()
 
@@ -49,7 +59,7 @@ def main():
     print(f"CIFAR-10 subset: {data.sizes} images of {data.image_shape} ({time.perf_counter() - started:.0f} s)")
 
     common = dict(space="cnn", tuner="random", max_trials=args.trials, epochs=args.epochs, seed=args.seed,
-                  data_options=split, retrain=False, verbose=1)  # the same split as the baseline's
+                  data_options=split, retrain=False, verbose=1, ship=args.ship)  # the same split as the baseline's
     summary, results = {"subset": data.sizes, "epochs": args.epochs, "trials": args.trials}, {}
     if "free" in args.searches:
         baseline = keras_cnn.train("small", data, epochs=args.epochs, precision="float32", seed=args.seed,
@@ -74,12 +84,49 @@ def main():
         print(f"best under {args.max_tflite_kb:g} KB: {_accuracy(budget)} ({exported} KB exported)")
         if exported is not None and exported > args.max_tflite_kb:
             raise SystemExit(f"the budget search's winner exports to {exported} KB, over {args.max_tflite_kb:g} KB")
+    for name in [name for name in args.searches if name in PARETO]:
+        result = results[name] = search(subset, out=os.path.join(args.out, f"search-{name}-{args.tuner}"),
+                                        **{**common, "space": PARETO[name], "tuner": args.tuner},
+                                        objectives=args.objectives, export_front=True)
+        summary[name] = _front(result, _baselines(data, args, subset, split))
+        print(f"\n== {name}: Pareto front of {args.objectives} ({result.path}/front.txt)\n{result.front_table()}")
     summary["minutes"] = round((time.perf_counter() - started) / 60, 1)
     for title, result in results.items():
         print(f"\n== {title} ({result.path})\n{result.table()}")
     print("\n" + json.dumps(summary, indent=2))
     if args.json:
         write_json(args.json, summary)
+
+
+def _baselines(data, args, subset, split):
+    """The default `small` and `deeper`, trained for --epochs on the search's split, measured as a trial is."""
+    import keras_cnn
+    from keras_cnn.tuning import shipping
+
+    ships = shipping.prepare(data, args.ship, shipping.LATENCY_RUNS)
+    points = []
+    for model in ("small", "deeper"):
+        folder = os.path.join(args.out, f"pareto-baseline-{model}")  # shared by the pareto searches
+        trained = keras_cnn.load(folder).model if os.path.isdir(folder) else keras_cnn.train(
+            model, data, epochs=args.epochs, precision="float32", seed=args.seed, verbose=2, out=folder).model
+        points.append({"label": f"default {model}", "params": trained.count_params(),
+                       **shipping.measure(trained, ships)})
+    return points
+
+
+def _front(result, baselines):
+    """The front's rows and its two ends' (the most accurate, the smallest) size and latency; the picture
+    redrawn with the baselines on the same axes."""
+    from keras_cnn.tuning import front
+
+    front.picture(result.trials, result.front, os.path.join(result.path, "front_with_baselines.png"), result.ship,
+                  references=baselines)
+    keys = ("trial", "ship_accuracy", "ship_kb", "ship_latency_ms", "macs", "params", "val_accuracy", "export",
+            "hyperparameters")
+    rows = [{key: row.get(key) for key in keys} for row in result.front]
+    ends = {"most_accurate": rows[0], "smallest": min(rows, key=lambda row: row["ship_kb"])} if rows else {}
+    return {"path": result.path, "front": rows, "ends": ends, "baselines": baselines,
+            "completed": sum(row["status"] == "COMPLETED" for row in result.trials)}
 
 
 def _best(result):
