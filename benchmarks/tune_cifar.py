@@ -43,6 +43,9 @@ def main():
     parser.add_argument("--objectives", default="accuracy,kb,latency", help="of the pareto searches")
     parser.add_argument("--tuner", choices=("random", "bayesian"), default="random", help="of the pareto searches")
     parser.add_argument("--ship", default="int8", help="the TFLite variant every trial is measured as")
+    parser.add_argument("--reference", default="0.1,2000,5",
+                        help="the pareto searches' hypervolume reference: one worst value per objective (accuracy "
+                        "0.1 is chance on CIFAR-10, 2000 KB, 5 ms), the same for every search compared")
     parser.add_argument("--json", help="also write the summary here")
     args = parser.parse_args()
 
@@ -77,8 +80,8 @@ def main():
         budget = results[title] = search(subset, out=os.path.join(args.out, f"search-{args.max_tflite_kb:g}kb"),
                                          max_tflite_kb=args.max_tflite_kb, **common)
         with tempfile.TemporaryDirectory() as folder:
-            exported = keras_cnn.export(budget.best_model, out_dir=folder, formats="tflite", quantize="float32",
-                                        class_names=cifar.class_names, verbose=False).rows[-1]["size_kb"] \
+            exported = keras_cnn.export(budget.best_model, out_dir=folder, formats="tflite", quantize=args.ship,
+                                        data=data, class_names=cifar.class_names, verbose=False).rows[-1]["size_kb"] \
                 if budget.best_model is not None else None
         summary[f"search_max_tflite_kb_{args.max_tflite_kb:g}"] = {**_best(budget), "exported_tflite_kb": exported}
         print(f"best under {args.max_tflite_kb:g} KB: {_accuracy(budget)} ({exported} KB exported)")
@@ -88,7 +91,7 @@ def main():
         result = results[name] = search(subset, out=os.path.join(args.out, f"search-{name}-{args.tuner}"),
                                         **{**common, "space": PARETO[name], "tuner": args.tuner},
                                         objectives=args.objectives, export_front=True)
-        summary[name] = _front(result, _baselines(data, args, subset, split))
+        summary[name] = _front(result, _baselines(data, args), [float(v) for v in args.reference.split(",")])
         print(f"\n== {name}: Pareto front of {args.objectives} ({result.path}/front.txt)\n{result.front_table()}")
     summary["minutes"] = round((time.perf_counter() - started) / 60, 1)
     for title, result in results.items():
@@ -98,7 +101,7 @@ def main():
         write_json(args.json, summary)
 
 
-def _baselines(data, args, subset, split):
+def _baselines(data, args):
     """The default `small` and `deeper`, trained for --epochs on the search's split, measured as a trial is."""
     import keras_cnn
     from keras_cnn.tuning import shipping
@@ -114,10 +117,10 @@ def _baselines(data, args, subset, split):
     return points
 
 
-def _front(result, baselines):
-    """The front's rows and its two ends' (the most accurate, the smallest) size and latency; the picture
-    redrawn with the baselines on the same axes."""
-    from keras_cnn.tuning import front
+def _front(result, baselines, reference):
+    """The front's rows, its two ends (the most accurate, the smallest) and its hypervolume under `reference`
+    (larger is better: compare random and bayesian with it); the picture redrawn with the baselines."""
+    from keras_cnn.tuning import front, pareto
 
     front.picture(result.trials, result.front, os.path.join(result.path, "front_with_baselines.png"), result.ship,
                   references=baselines)
@@ -125,15 +128,19 @@ def _front(result, baselines):
             "hyperparameters")
     rows = [{key: row.get(key) for key in keys} for row in result.front]
     ends = {"most_accurate": rows[0], "smallest": min(rows, key=lambda row: row["ship_kb"])} if rows else {}
-    return {"path": result.path, "front": rows, "ends": ends, "baselines": baselines,
-            "completed": sum(row["status"] == "COMPLETED" for row in result.trials)}
+    vectors = [pareto.vector(row, result.objectives) for row in result.front]
+    volume = pareto.hypervolume(vectors, pareto.directions(result.objectives), reference) \
+        if len(reference) == len(result.objectives) else None
+    return {"path": result.path, "front": rows, "ends": ends, "baselines": baselines, "reference": reference,
+            "hypervolume": volume, "completed": sum(row["status"] == "COMPLETED" for row in result.trials)}
 
 
 def _best(result):
     row = result.best_trial or {}
     return {"trial": row.get("trial"), "val_accuracy": row.get("val_accuracy"),
             "test_accuracy": result.best_trial_test_accuracy, "params": row.get("params"),
-            "tflite_kb": row.get("tflite_kb"), "hyperparameters": result.best_hyperparameters,
+            "ship_kb": row.get("ship_kb"), "ship_accuracy": row.get("ship_accuracy"),
+            "ship_latency_ms": row.get("ship_latency_ms"), "hyperparameters": result.best_hyperparameters,
             "rejected": sum(r["status"] != "COMPLETED" for r in result.trials)}
 
 

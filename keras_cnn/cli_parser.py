@@ -209,12 +209,16 @@ def parser():
     s = sub.add_parser("tune", help="search for the best model and settings under a budget (keras-tuner)",
                        description="Search a space of zoo models and training settings with keras-tuner, list "
                        "every trial, and retrain the best settings on train + val into a run folder. "
-                       "Configurations that cannot work on the data or break a budget are rejected before training.",
+                       "Configurations that cannot work on the data or break a budget are rejected before training. "
+                       "Every trained trial is converted to the TFLite file that ships (--ship) and measured; with "
+                       "--objectives the search reports the Pareto front of accuracy, size and latency.",
                        epilog="Examples: keras-cnn tune --data digits --tuner hyperband --max-epochs 9 | keras-cnn "
                        "tune --data folder:/data/pets --tuner bayesian --max-trials 50 --max-tflite-kb 300 --resume "
-                       "--out saved_models/tune-pets")
+                       "--out saved_models/tune-pets | keras-cnn tune --data folder:/data/pets --objectives "
+                       "accuracy,kb,latency --export-front")
     _add_data_arguments(s, "default: digits, offline")
-    s.add_argument("--space", default="cnn", help="search space: a name (cnn) or package.module:function")
+    s.add_argument("--space", default="cnn", help="search space: a family's (cnn, resnet, fast, transfer) or "
+                   "package.module:function")
     s.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random",
                    help="random or bayesian (--max-trials trials of --epochs), or hyperband (--max-epochs, --factor)")
     s.add_argument("--max-trials", type=int, default=10, help="trials of random/bayesian search (default 10)")

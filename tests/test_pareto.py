@@ -53,6 +53,16 @@ def test_tchebycheff_scalarisation_prefers_what_its_weights_favour():
     assert pareto.tchebycheff([[1, 5], [1, 5]], [MAX, MIN], [0.5, 0.5]) == [0.0, 0.0]  # no spread: no division by 0
 
 
+def test_hypervolume_of_hand_made_fronts():
+    assert pareto.hypervolume([[0.9, 100]], [MAX, MIN], [0.0, 200]) == pytest.approx(0.9 * 100)  # one box
+    two = pareto.hypervolume([[0.9, 100], [0.5, 20]], [MAX, MIN], [0.0, 200])
+    assert two == pytest.approx(0.9 * 100 + 0.5 * 80)  # union of two boxes: 0.9x100 and 0.5x(180-100)
+    assert pareto.hypervolume([[0.9, 100], [0.5, 20], [0.4, 150]], [MAX, MIN], [0.0, 200]) == pytest.approx(two)
+    assert pareto.hypervolume([[0.9, 300]], [MAX, MIN], [0.0, 200]) == 0.0  # outside the reference
+    cube = pareto.hypervolume([[1, 1, 1], [0, 2, 2]], [MIN, MIN, MIN], [3, 3, 3])
+    assert cube == pytest.approx(8 + 3 * 1 * 1 - 2 * 1 * 1)  # 2x2x2, plus the second box's 3x1x1 less the overlap
+
+
 def test_objectives_parse_and_name_their_metrics():
     assert pareto.parse("accuracy, kb,latency") == ("accuracy", "kb", "latency")
     assert pareto.vector({"ship_accuracy": 0.9, "ship_kb": 12.5, "macs": 3}, ("accuracy", "kb")) == [0.9, 12.5]

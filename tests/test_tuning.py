@@ -373,3 +373,18 @@ def test_private_api_trials_load_from_their_json(tmp_path):
     trial = Trial(keras_tuner.HyperParameters(), trial_id="03", status="COMPLETED")
     trial.save(str(tmp_path / "trial.json"))
     assert results._trial_class() is Trial and Trial.load(str(tmp_path / "trial.json")).trial_id == "03"
+
+
+def test_private_api_bayesian_oracle_draws_from_its_random_state():
+    oracle = keras_tuner.oracles.BayesianOptimizationOracle(objective=keras_tuner.Objective("score", "max"), seed=4)
+    assert isinstance(oracle._random_state, np.random.RandomState)  # ParEGOOracle draws its weights from it
+    assert "self._random_state" in _source(keras_tuner.oracles.BayesianOptimizationOracle.populate_space)
+
+
+def test_private_api_trials_checkpoint_through_save_best_epoch():
+    from keras_tuner.src.engine import tuner as tuner_module
+    from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
+
+    source = _source(tuner_module.Tuner.run_trial)  # ZooHyperModel.fit finds the callback by its name and filepath
+    assert "tuner_utils.SaveBestEpoch(" in source and "callbacks.append(model_checkpoint)" in source
+    assert SaveBestEpoch(keras_tuner.Objective("x", "max"), "w.weights.h5").filepath == "w.weights.h5"

@@ -3,14 +3,17 @@
 A search folder holds everything a search needs to be continued, compared and used:
 
     search.json                 the settings, and the fingerprint of the space and data that `resume` checks
-    trials/trial_NN/            keras-tuner's trial.json and best-epoch checkpoint, and keras_cnn_trial.json:
-                                the trial's parameters, MACs, TFLite size and latency, time and outcome
+    trials/trial_NN/            keras-tuner's trial.json and checkpoint, and keras_cnn_trial.json: the trial's
+                                parameters, MACs, its shipped TFLite file's accuracy, size and latency, time
+                                and outcome (and each execution's numbers, with executions_per_trial > 1)
     tensorboard/                one TensorBoard run per trial, with its hyperparameters (HParams dashboard)
     results.txt, results.json   the results table: every trial, including the rejected ones
     best_hyperparameters.json   the best trial's hyperparameters and the zoo model and recipe they mean
     best_trial.keras            the best trial's own checkpoint: trained on the train split, best epoch
     retrained-trial_NN/         the best settings retrained on train + val by `keras_cnn.train`: a normal
                                 run folder (`keras_cnn.load`, `keras-cnn export`), evaluated on test
+    front.txt, front.png        with objectives: the Pareto front, sorted by accuracy, and its picture
+    front/trial_NN/             with export_front: each front model's verified export (`keras_cnn.export`)
     logs/                       the chief's and workers' output, with distributed=True
 
 Configurations that cannot work are rejected, not fatal: a feature map that would

@@ -184,7 +184,9 @@ def make_tuner(folder, settings, hypermodel):
     if settings["tuner"] == "hyperband":
         oracle = HyperbandOracle(max_epochs=settings["max_epochs"], factor=settings["factor"], **oracle_settings)
     elif settings["tuner"] == "bayesian" and objectives and len(objectives) > 1:
-        oracle = ParEGOOracle(objectives=objectives, max_trials=settings["max_trials"], **oracle_settings)
+        # keras-tuner starts with 3 random trials per hyperparameter, more than a whole search of a large space
+        oracle = ParEGOOracle(objectives=objectives, max_trials=settings["max_trials"],
+                              num_initial_points=max(3, settings["max_trials"] // 4), **oracle_settings)
     else:
         oracle_class = keras_tuner.oracles.RandomSearchOracle if settings["tuner"] == "random" else \
             keras_tuner.oracles.BayesianOptimizationOracle
