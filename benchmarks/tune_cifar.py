@@ -91,7 +91,8 @@ def main():
         result = results[name] = search(subset, out=os.path.join(args.out, f"search-{name}-{args.tuner}"),
                                         **{**common, "space": PARETO[name], "tuner": args.tuner},
                                         objectives=args.objectives, export_front=True)
-        summary[name] = _front(result, _baselines(data, args), [float(v) for v in args.reference.split(",")])
+        summary[name] = _front(result, _baselines(data, args, f"{name}-{args.tuner}"),
+                               [float(v) for v in args.reference.split(",")])
         print(f"\n== {name}: Pareto front of {args.objectives} ({result.path}/front.txt)\n{result.front_table()}")
     summary["minutes"] = round((time.perf_counter() - started) / 60, 1)
     for title, result in results.items():
@@ -101,15 +102,16 @@ def main():
         write_json(args.json, summary)
 
 
-def _baselines(data, args):
-    """The default `small` and `deeper`, trained for --epochs on the search's split, measured as a trial is."""
+def _baselines(data, args, search_name):
+    """The default `small` and `deeper`, trained for --epochs on the search's split, measured as a trial is
+    (trained once per search, so that searches run as separate processes do not share a run folder)."""
     import keras_cnn
     from keras_cnn.tuning import shipping
 
     ships = shipping.prepare(data, args.ship, shipping.LATENCY_RUNS)
     points = []
     for model in ("small", "deeper"):
-        folder = os.path.join(args.out, f"pareto-baseline-{model}")  # shared by the pareto searches
+        folder = os.path.join(args.out, f"baseline-{model}-for-{search_name}")
         trained = keras_cnn.load(folder).model if os.path.isdir(folder) else keras_cnn.train(
             model, data, epochs=args.epochs, precision="float32", seed=args.seed, verbose=2, out=folder).model
         points.append({"label": f"default {model}", "params": trained.count_params(),

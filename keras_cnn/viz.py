@@ -286,6 +286,6 @@ def pareto_front(points, front, *, ship="int8", references=()):
     axis.set_xlabel(f"{ship} TFLite file (KB, log scale)")
     axis.set_ylabel(f"{ship} top-1 accuracy (validation, LiteRT)")
     axis.grid(alpha=0.3)
-    axis.legend(loc="lower right")
+    axis.legend(loc="best")
     figure.tight_layout()
     return figure

@@ -76,17 +76,14 @@ def picture(rows, front, path, ship, references=()):
     return viz.save(viz.pareto_front(points, front, ship=ship, references=references), path)
 
 
-def export(folder, front, hypermodel, image_data, settings, verbose=False):
-    """Export and verify each front trial's checkpoint into FOLDER/front/trial_NN/; each row gets its "export"
-    entry: the file, its size, its test accuracy, or the error that failed its verification."""
+def export(folder, front, trial_model, image_data, settings, verbose=False):
+    """Export and verify each front trial's checkpoint (`trial_model(trial_id)`) into FOLDER/front/trial_NN/;
+    each row gets its "export" entry: the file, its size, its test accuracy, or the error that failed it."""
     import keras_cnn
     from keras_cnn.exporting import ExportError
-    from keras_cnn.tuning.hypermodel import rebuild
-    from keras_cnn.tuning.results import CHECKPOINT, TRIALS_DIR, load_trial
 
     for row in front:
-        hp = load_trial(folder, row["trial"]).hyperparameters
-        model = rebuild(hypermodel, hp, os.path.join(folder, TRIALS_DIR, f"trial_{row['trial']}", CHECKPOINT))
+        model = trial_model(row["trial"])
         out_dir = os.path.join(folder, FRONT_DIR, f"trial_{row['trial']}")
         try:
             report = keras_cnn.export(model, out_dir=out_dir, quantize=(settings["ship"],), data=image_data,

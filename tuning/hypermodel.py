@@ -12,6 +12,7 @@ import os
 
 import keras
 import keras_tuner
+import numpy as np
 
 from keras_cnn import recipes, registry
 from keras_cnn.tuning import budgets as budget_checks
@@ -94,6 +95,8 @@ class ZooHyperModel(keras_tuner.HyperModel):
         if self.shipping is None:
             return history
         _load_checkpoint(model, kwargs.get("callbacks", []))
+        if not all(np.isfinite(weights).all() for weights in model.get_weights()):
+            raise keras_tuner.errors.FailedTrialError("diverged: the trained weights are not finite numbers")
         record.update(ship=self.shipping.variant, **ship.measure(model, self.shipping), **self.shipping.threads)
         budget_checks.enforce_shipped(record, self.budgets)
         if not self.metrics:

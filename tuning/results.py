@@ -126,7 +126,13 @@ def _front(folder, summary, hypermodel, image_data, settings, export):
     objectives = summary["objectives"]
     front = pareto_front.front_rows(summary["trials"], objectives)
     if export:
-        pareto_front.export(folder, front, hypermodel, image_data, settings)
+        def trial_model(trial_id):
+            from keras_cnn.tuning.hypermodel import rebuild
+
+            return rebuild(hypermodel, load_trial(folder, trial_id).hyperparameters,
+                           os.path.join(folder, TRIALS_DIR, f"trial_{trial_id}", CHECKPOINT))
+
+        pareto_front.export(folder, front, trial_model, image_data, settings)
     summary["front"] = [row["trial"] for row in front]
     summary["front_exports"] = {row["trial"]: row["export"] for row in front if row.get("export")}
     io.write_text(os.path.join(folder, pareto_front.FRONT_TABLE),
