@@ -12,7 +12,7 @@ PADDINGS = ("valid", "same")
 AUGMENT_PRESETS = ("none", "basic", "strong", "cutout")
 POOLINGS = (None, "avg", "max")  # of a model without its top, as keras.applications names them
 STRATEGIES = (None, "mirrored")  # of `keras_cnn.train`: one device, or data-parallel over the local ones
-QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")  # TFLite variants of `keras_cnn.export`, and what a search ships
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")  # TFLite variants of `keras_cnn.export`; a search ships one
 OBJECTIVES = ("accuracy", "kb", "latency", "macs", "params")  # what `keras_cnn.tune(objectives=...)` can trade off
 INTEGER_IO = ("uint8", "int8")  # input/output type of an exported int8 TFLite model (`keras_cnn.export`'s `io`)
 TFLITE_CONVERTERS = ("saved_model", "keras")  # `keras_cnn.export`'s `converter`

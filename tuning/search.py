@@ -107,10 +107,7 @@ def search(data="digits", *, space="cnn", tuner="random", max_trials=10, epochs=
     _check_arguments(tuner, max_trials, epochs, max_epochs, factor, batch_size, distributed, workers, data,
                      space_name)
     objectives = _check_objectives(objectives, export_front, tuner, latency_runs, max_latency_ms)
-    shipping.check(ship, latency_runs)
-    if isinstance(executions_per_trial, bool) or not isinstance(executions_per_trial, int) or executions_per_trial < 1:
-        raise ValueError(f"`executions_per_trial` must be an integer >= 1. "
-                         f"Received: executions_per_trial={executions_per_trial!r}")
+    _check_shipping(ship, latency_runs, executions_per_trial)
     if objectives:
         objective = keras_tuner.Objective(*pareto.METRICS[objectives[0]])
     elif isinstance(objective, str):
@@ -195,6 +192,13 @@ def _check_objectives(objectives, export_front, tuner, latency_runs, max_latency
         raise ValueError("a latency objective or budget needs timed runs of the shipped file. "
                          "Received: latency_runs=0")
     return objectives
+
+
+def _check_shipping(ship, latency_runs, executions_per_trial):
+    shipping.check(ship, latency_runs)
+    if isinstance(executions_per_trial, bool) or not isinstance(executions_per_trial, int) or executions_per_trial < 1:
+        raise ValueError(f"`executions_per_trial` must be an integer >= 1. "
+                         f"Received: executions_per_trial={executions_per_trial!r}")
 
 
 def _space_fingerprint(name, function):
