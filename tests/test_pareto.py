@@ -287,3 +287,25 @@ def test_the_spaces_resolve_by_name():
     proposal = spaces.transfer(hp)
     assert proposal.model.endswith("_transfer") and proposal.weights == "imagenet" and proposal.unfreeze == 0
     assert {"backbone", "width_mobilenetv2", "unfreeze", "head_lr", "fine_tune_lr"} <= {p.name for p in hp.space}
+
+
+def test_the_tune_command_passes_the_new_flags_and_prints_the_front(monkeypatch, capsys):
+    received = {}
+
+    def fake_search(data, **arguments):
+        received.update(arguments)
+        return types.SimpleNamespace(table=lambda: "TABLE", objectives=("accuracy", "kb"), path="OUT",
+                                     front_table=lambda: "FRONT", best_trial=None)
+
+    monkeypatch.setattr("keras_cnn.tuning.search", fake_search)
+    assert cli.main(["tune", "--objectives", "accuracy,kb", "--ship", "float16", "--export-front",
+                     "--executions-per-trial", "3", "--latency-runs", "7", "--space", "fast"]) in (None, 0)
+    assert {key: received[key] for key in ("objectives", "ship", "export_front", "executions_per_trial",
+                                           "latency_runs", "space")} == {
+        "objectives": ("accuracy", "kb"), "ship": "float16", "export_front": True, "executions_per_trial": 3,
+        "latency_runs": 7, "space": "fast"}
+    printed = capsys.readouterr().out
+    assert "Pareto front of accuracy,kb (OUT/front.txt, front.png):\nFRONT" in printed
+    with pytest.raises(SystemExit) as exit_status:  # argparse's choices, from keras_cnn.options
+        cli.main(["tune", "--ship", "int4"])
+    assert exit_status.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
