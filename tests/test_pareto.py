@@ -111,6 +111,23 @@ def front_search(tmp_path_factory):
     return search("digits", space=tiny, max_trials=4, out=out, objectives="accuracy,kb", export_front=True, **QUICK)
 
 
+def test_size_and_latency_budgets_apply_to_the_shipped_file():
+    from keras_cnn.tuning import budgets
+
+    model = ZooHyperModel(tiny, input_shape=(8, 8, 1), num_classes=10, steps_per_epoch=2,
+                          epochs=1).build(keras_tuner.HyperParameters())
+    record = {}
+    budgets.measure_and_enforce(model, {"max_tflite_kb": 0.1}, record, float32_precheck=False)
+    assert "tflite_kb" not in record  # an int8 file is smaller than the float32 one: that bounds nothing
+    shipped = {"ship": "int8", "ship_kb": 9.4, "ship_latency_ms": 0.02}
+    budgets.enforce_shipped(shipped, {"max_tflite_kb": 10, "max_latency_ms": 1})
+    with pytest.raises(keras_tuner.errors.FailedTrialError,
+                       match=r"over budget: tflite_kb 9.4 > max_tflite_kb 5 \(int8 file, trained\)"):
+        budgets.enforce_shipped(shipped, {"max_tflite_kb": 5})
+    with pytest.raises(keras_tuner.errors.FailedTrialError, match="latency_ms 0.02 > max_latency_ms 0.01"):
+        budgets.enforce_shipped(shipped, {"max_latency_ms": 0.01})
+
+
 def test_every_trial_keeps_its_objective_vector(front_search):
     summary = json.load(open(os.path.join(front_search.path, "results.json")))
     assert summary["objectives"] == ["accuracy", "kb"] and summary["ship"] == "int8"
