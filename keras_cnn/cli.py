@@ -217,9 +217,14 @@ def cmd_tune(args):
                     epochs=args.epochs, max_epochs=args.max_epochs, factor=args.factor, seed=args.seed,
                     out=args.out, resume=args.resume, batch_size=args.batch_size, data_options=_data_options(args),
                     max_params=args.max_params, max_macs=args.max_macs, max_tflite_kb=args.max_tflite_kb,
-                    max_latency_ms=args.max_latency_ms, distributed=args.distributed, workers=args.workers,
+                    max_latency_ms=args.max_latency_ms, objectives=args.objectives, ship=args.ship,
+                    latency_runs=args.latency_runs, executions_per_trial=args.executions_per_trial,
+                    export_front=args.export_front, distributed=args.distributed, workers=args.workers,
                     retrain=not args.no_retrain, verbose=0 if args.quiet else 1)
     print(result.table())
+    if result.objectives:
+        print(f"\nPareto front of {','.join(result.objectives)} ({result.path}/front.txt, front.png):\n"
+              f"{result.front_table()}")
     print(f"\nsearch folder: {result.path} (results.txt, results.json, best_hyperparameters.json, tensorboard/)")
     if result.best_trial is None:
         print("no trial completed within the budgets: nothing to keep or retrain")

@@ -231,12 +231,16 @@ def parser():
     s = sub.add_parser("tune", help="search for the best model and settings under a budget (keras-tuner)",
                        description="Search a space of zoo models and training settings with keras-tuner, list "
                        "every trial, and retrain the best settings on train + val into a run folder. "
-                       "Configurations that cannot work on the data or break a budget are rejected before training.",
+                       "Configurations that cannot work on the data or break a budget are rejected before training. "
+                       "Every trained trial is converted to the TFLite file that ships (--ship) and measured; with "
+                       "--objectives the search reports the Pareto front of accuracy, size and latency.",
                        epilog="Examples: keras-cnn tune --data digits --tuner hyperband --max-epochs 9 | keras-cnn "
                        "tune --data folder:/data/pets --tuner bayesian --max-trials 50 --max-tflite-kb 300 --resume "
-                       "--out saved_models/tune-pets")
+                       "--out saved_models/tune-pets | keras-cnn tune --data folder:/data/pets --objectives "
+                       "accuracy,kb,latency --export-front")
     _add_data_arguments(s, "default: digits, offline")
-    s.add_argument("--space", default="cnn", help="search space: a name (cnn) or package.module:function")
+    s.add_argument("--space", default="cnn", help="search space: a family's (cnn, resnet, fast, transfer) or "
+                   "package.module:function")
     s.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random",
                    help="random or bayesian (--max-trials trials of --epochs), or hyperband (--max-epochs, --factor)")
     s.add_argument("--max-trials", type=int, default=10, help="trials of random/bayesian search (default 10)")
@@ -249,8 +253,22 @@ def parser():
     s.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     s.add_argument("--max-params", type=int, metavar="N", help="budget: parameters")
     s.add_argument("--max-macs", type=int, metavar="N", help="budget: multiply-accumulates per image")
-    s.add_argument("--max-tflite-kb", type=float, metavar="KB", help="budget: float32 TFLite file size")
-    s.add_argument("--max-latency-ms", type=float, metavar="MS", help="budget: TFLite batch-1 latency on this machine")
+    s.add_argument("--max-tflite-kb", type=float, metavar="KB", help="budget: size of the shipped TFLite file (--ship)")
+    s.add_argument("--max-latency-ms", type=float, metavar="MS", help="budget: the shipped file's batch-1 LiteRT "
+                   "latency on this machine")
+    s.add_argument("--ship", choices=options.QUANTIZATIONS, default="int8",
+                   help="the TFLite variant every trained trial is converted to (as `export` does) and measured as: "
+                   "accuracy on val in LiteRT, file size, latency (default int8, calibrated on training images)")
+    s.add_argument("--objectives", type=_csv, metavar="LIST",
+                   help=f"search the trade-off between some of {','.join(options.OBJECTIVES)} (of the shipped file), "
+                   "e.g. accuracy,kb,latency: every trial's values are kept and the Pareto front is reported "
+                   "(OUT/front.txt, front.png); bayesian steers with a random weighting per trial (ParEGO)")
+    s.add_argument("--export-front", action="store_true",
+                   help="export and verify every model on the front (`keras-cnn export`) into OUT/front/trial_NN/")
+    s.add_argument("--executions-per-trial", type=int, default=1, metavar="N",
+                   help="train each configuration N times and average (the tables show mean±std; default 1)")
+    s.add_argument("--latency-runs", type=int, default=50, metavar="N",
+                   help="batch-1 runs whose median is a shipped file's latency (default 50; 0: not timed)")
     s.add_argument("--distributed", action="store_true",
                    help="run keras-tuner's chief and --workers workers as processes on this machine")
     s.add_argument("--workers", type=int, default=2, help="worker processes with --distributed (default 2)")

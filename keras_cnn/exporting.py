@@ -47,7 +47,7 @@ from keras_cnn.tflite_export import ExportError, flex_ops  # noqa: F401  part of
 from keras_cnn.verification import PARITY_TOLERANCE, TestSet, agreement, flag, measure, rgb_expected, verify
 
 FORMATS = ("saved_model", "tflite", "onnx")
-QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+QUANTIZATIONS = options.QUANTIZATIONS
 INTEGER_IO = options.INTEGER_IO
 MAX_TEST_IMAGES = 2000
 AUGMENT_LAYER = "augment"
@@ -101,9 +101,8 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
     reference = keras_artifact(rebuild, class_names, name)
     expected = reference.probabilities(x_test)
     source_agreement = _check_rebuild(model, expected, x_test, precision)
-    calibration = _calibration_set(image_data, shape, calibration_samples) if "int8" in tflite else None
-    card = {"description": _description(name, class_names, shape, run_dir), "author": author, "license": license,
-            "version": os.path.basename(os.path.normpath(run_dir)) if run_dir else "1"}
+    calibration = calibration_images(image_data, shape, calibration_samples) if "int8" in tflite else None
+    card = _card(name, class_names, shape, run_dir, author, license)
     phone = tflite_export.mobile_model(rebuild) if tflite else rebuild  # what the .tflite files are made of
     test = TestSet(x_test, y_test, expected, latency_runs,
                    rgb_expected(phone, x_test) if tflite and shape[-1] == 1 else None)
@@ -206,7 +205,23 @@ def _test_set(image_data, shape, limit):
     return x, y, f"test images of {image_data.name}"
 
 
-def _calibration_set(image_data, shape, samples):
+def tflite_bytes(model, quantization, calibration=None, *, class_names, io="uint8"):
+    """The `.tflite` file `export` writes for a model object in one variant (metadata included where MediaPipe is
+    installed), neither verified nor written: for measuring many candidate models, as a search does.
+    `calibration`: int8's images, from `calibration_images`."""
+    rebuild = inference_model(model)
+    phone = tflite_export.mobile_model(rebuild)
+    card = _card(model.name, class_names, tuple(rebuild.input_shape[1:]), None, None, None)
+    with tempfile.TemporaryDirectory(prefix=".tflite-") as staging:
+        mobile = os.path.join(staging, "saved_model")
+        _write_saved_model(phone, mobile)
+        model_bytes = tflite_export.convert(mobile, quantization, io, calibration)
+    if tflite_metadata.available():
+        model_bytes = tflite_export.with_metadata(model_bytes, name=model.name, class_names=class_names, card=card)
+    return model_bytes
+
+
+def calibration_images(image_data, shape, samples):
     """Distinct un-augmented training images (validation if there is no train split), float32 [0, 255], in RGB as
     the TFLite files take them (`tflite_export.mobile_model`)."""
     split = "train" if image_data.sizes["train"] else "val"
@@ -346,6 +361,12 @@ def _choices(name, values, allowed):
     if unknown or not values:
         raise ValueError(f"{name} must be one or more of {', '.join(allowed)}. Received: {name}={values!r}")
     return tuple(dict.fromkeys(values))
+
+
+def _card(name, class_names, shape, run_dir, author, license):
+    """What the TFLite metadata says about the model: description, author, licence, version."""
+    return {"description": _description(name, class_names, shape, run_dir), "author": author, "license": license,
+            "version": os.path.basename(os.path.normpath(run_dir)) if run_dir else "1"}
 
 
 def _description(name, class_names, shape, run_dir):

@@ -17,6 +17,8 @@ TTA_LEVELS = ("none", "flip", "flip+translate")  # test-time augmentation (`kera
 KERNEL_INITIALIZERS = ("he_normal", "glorot_uniform", "dirac")  # dirac: `keras_cnn.initializers.Dirac`
 POOLINGS = (None, "avg", "max")  # of a model without its top, as keras.applications names them
 STRATEGIES = (None, "mirrored")  # of `keras_cnn.train`: one device, or data-parallel over the local ones
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")  # TFLite variants of `keras_cnn.export`; a search ships one
+OBJECTIVES = ("accuracy", "kb", "latency", "macs", "params")  # what `keras_cnn.tune(objectives=...)` can trade off
 INTEGER_IO = ("uint8", "int8")  # input/output type of an exported int8 TFLite model (`keras_cnn.export`'s `io`)
 TFLITE_CONVERTERS = ("saved_model", "keras")  # `keras_cnn.export`'s `converter`
 CLIENTS = (None, "mediapipe")  # `keras_cnn.predict`'s `client`

@@ -252,3 +252,40 @@ def corruption_examples(image, seed=0):
                 axis.set_title("clean" if severity == 0 else f"severity {severity}", fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def pareto_front(points, front, *, ship="int8", references=()):
+    """Accuracy against file size of a search's trials (dicts with ship_kb, ship_accuracy, ship_latency_ms),
+    latency as colour, the Pareto front `front` (some of `points`) circled and joined in size order;
+    `references` are labelled extra points (models outside the search), drawn as black stars."""
+    figure, axis = plt.subplots(figsize=(8, 5))
+    everything = [*points, *references]
+    latencies = [p.get("ship_latency_ms") for p in everything if p.get("ship_latency_ms") is not None]
+    scale = dict(cmap="viridis", vmin=min(latencies), vmax=max(latencies)) if latencies else {}
+
+    def colours(group):
+        return [p.get("ship_latency_ms") if latencies else 0.0 for p in group]
+
+    dots = axis.scatter([p["ship_kb"] for p in points], [p["ship_accuracy"] for p in points], c=colours(points),
+                        s=30, label="trials", **scale)
+    joined = sorted(front, key=lambda p: p["ship_kb"])
+    axis.plot([p["ship_kb"] for p in joined], [p["ship_accuracy"] for p in joined], "-", color="crimson", lw=1,
+              label="Pareto front")
+    axis.scatter([p["ship_kb"] for p in joined], [p["ship_accuracy"] for p in joined], s=110, facecolors="none",
+                 edgecolors="crimson")
+    for reference in references:
+        axis.scatter([reference["ship_kb"]], [reference["ship_accuracy"]], c=colours([reference]), marker="*",
+                     s=220, edgecolors="black", **scale)
+        axis.annotate(reference["label"], (reference["ship_kb"], reference["ship_accuracy"]),
+                      textcoords="offset points", xytext=(6, 6))
+    if latencies:
+        figure.colorbar(dots, ax=axis, label=f"{ship} batch-1 latency (ms)")
+    axis.set_xscale("log")
+    for ticks in (axis.xaxis.set_major_formatter, axis.xaxis.set_minor_formatter):
+        ticks(matplotlib.ticker.FormatStrFormatter("%g"))  # 300 rather than 3 x 10^2
+    axis.set_xlabel(f"{ship} TFLite file (KB, log scale)")
+    axis.set_ylabel(f"{ship} top-1 accuracy (validation, LiteRT)")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="best")
+    figure.tight_layout()
+    return figure

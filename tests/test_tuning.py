@@ -19,7 +19,7 @@ from tensorflow.python.framework.func_graph import FuncGraph
 import keras_cnn
 from keras_cnn.tuning import budgets, results, search, spaces
 from keras_cnn.tuning.hypermodel import ZooHyperModel
-from keras_cnn.tuning.search import HyperbandOracle, HyperbandTuner, ZooTuner, _custom_gradients_released, make_tuner
+from keras_cnn.tuning.tuners import HyperbandOracle, HyperbandTuner, ZooTuner, _custom_gradients_released, make_tuner
 
 DIGITS = (8, 8, 1)
 FAST = dict(epochs=2, verbose=0, seed=3)
@@ -141,7 +141,7 @@ def test_over_budget_trials_are_recorded_untrained_and_never_best(finished):
                                                "checkpoint.weights.h5"))
     completed = [row for row in finished.trials if row["status"] == "COMPLETED"]
     assert finished.best_trial["trial"] == max(completed, key=lambda row: row["score"])["trial"]
-    assert all(row["params"] <= 20_000 and row["tflite_kb"] > 0 and row["latency_ms"] > 0 for row in completed)
+    assert all(row["params"] <= 20_000 and row["ship_kb"] > 0 and row["ship_latency_ms"] > 0 for row in completed)
     assert all(row["epochs"] == 2 and row["val_accuracy"] == pytest.approx(row["score"]) for row in completed)
 
 
@@ -150,7 +150,8 @@ def test_results_table_and_files(finished):
     table = finished.table()
     assert table == open(os.path.join(folder, "results.txt")).read().rstrip("\n")
     header, *lines = table.splitlines()
-    assert header.split()[:3] == ["trial", "val", "acc"] and "TFLite KB" in header and len(lines) == 8
+    assert header.split()[:3] == ["trial", "val", "acc"] and "int8 KB" in header and "int8 acc" in header
+    assert len(lines) == 8
     assert [line.split()[0] for line in lines].count(finished.best_trial["trial"] + "*") == 1
     summary = json.load(open(os.path.join(folder, "results.json")))
     assert summary["best_trial"] == finished.best_trial["trial"] and len(summary["trials"]) == 8
@@ -252,7 +253,8 @@ def test_search_arguments_are_checked_before_any_work(tmp_path):
 @pytest.mark.slow
 def test_memory_stays_flat_over_many_trials(tmp_path):
     result = search("digits", space=tiny, max_trials=20, epochs=1, out=str(tmp_path / "tune"), retrain=False,
-                    verbose=0)
+                    verbose=0, objectives="accuracy,kb,latency")  # each trial converted to int8 and run in LiteRT
+    assert all(row["ship_kb"] > 0 for row in result.trials)
     rss = [row["rss_mb"] for row in result.trials]
     # Measured from trial 3 to 20: +4 to +14 MB (warm-up, then flat; RSS also swings by up to 7 MB from one
     # trial to the next). When each trial's training graph stayed in TensorFlow's gradient registry: +44 to +51.
@@ -310,8 +312,8 @@ def test_keras_cnn_tune_is_the_search():
     assert keras_cnn.tune is search  # the function keras_cnn.tuning exports
 
 
-# ---------------------------------------------------------------- keras-tuner's private API (tuning/search.py)
-# One test per private method or attribute tuning/search.py overrides or reads: each fails when a keras-tuner
+# ---------------------------------------------------------------- keras-tuner's private API (tuning/tuners.py)
+# One test per private method or attribute tuning/tuners.py overrides or reads: each fails when a keras-tuner
 # release renames it, changes its arguments or stops calling it where the override expects.
 
 
@@ -371,3 +373,18 @@ def test_private_api_trials_load_from_their_json(tmp_path):
     trial = Trial(keras_tuner.HyperParameters(), trial_id="03", status="COMPLETED")
     trial.save(str(tmp_path / "trial.json"))
     assert results._trial_class() is Trial and Trial.load(str(tmp_path / "trial.json")).trial_id == "03"
+
+
+def test_private_api_bayesian_oracle_draws_from_its_random_state():
+    oracle = keras_tuner.oracles.BayesianOptimizationOracle(objective=keras_tuner.Objective("score", "max"), seed=4)
+    assert isinstance(oracle._random_state, np.random.RandomState)  # ParEGOOracle draws its weights from it
+    assert "self._random_state" in _source(keras_tuner.oracles.BayesianOptimizationOracle.populate_space)
+
+
+def test_private_api_trials_checkpoint_through_save_best_epoch():
+    from keras_tuner.src.engine import tuner as tuner_module
+    from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
+
+    source = _source(tuner_module.Tuner.run_trial)  # ZooHyperModel.fit finds the callback by its name and filepath
+    assert "tuner_utils.SaveBestEpoch(" in source and "callbacks.append(model_checkpoint)" in source
+    assert SaveBestEpoch(keras_tuner.Objective("x", "max"), "w.weights.h5").filepath == "w.weights.h5"

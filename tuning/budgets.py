@@ -1,11 +1,15 @@
-"""Mobile budgets: measure a built, untrained model and refuse it before it costs any training.
+"""Mobile budgets: refuse a model before it costs any training where that is sound, and after it otherwise.
 
 Every trial's model is measured right after it is built: parameters and
-multiply-accumulates from `keras_cnn.describe`, then the size of its float32
-TFLite flatbuffer and its batch-1 latency in the LiteRT interpreter on this
-machine. None of these depend on the weights' values, so a model over a budget is
-refused (`FailedTrialError`, with its numbers kept in the trial's record) before
-training; the cheap limits (params, MACs) are checked before the conversion.
+multiply-accumulates from `keras_cnn.describe`, which do not depend on the weights, so
+a model over those budgets is refused (`FailedTrialError`, with its numbers kept in the
+trial's record) before training. The size and latency budgets apply to the file the
+search ships (`tuning.shipping`, measured after training). When it ships float32, the
+untrained model's float32 flatbuffer is also measured before training: the shipped file
+is that flatbuffer plus its metadata, so its size is a lower bound of the shipped size
+and a model over the size budget is refused untrained (its latency is the same model's,
+timed). The quantized variants are smaller than the float32 flatbuffer, so for them the
+float32 numbers bound nothing and only the shipped file is checked.
 
 The TFLite model is converted the way `keras_cnn.export` prepares one (its float32
 `inference_model`: no augmentation, training=False), with TensorFlow's
@@ -44,23 +48,32 @@ def check(budgets):
     return {name: limit for name, limit in budgets.items() if limit is not None}
 
 
-def measure_and_enforce(model, budgets, record):
-    """Fill `record` with the model's numbers; raise FailedTrialError at the first budget it breaks."""
+def measure_and_enforce(model, budgets, record, float32_precheck=True):
+    """Fill `record` with the untrained model's numbers; raise FailedTrialError at the first budget it breaks.
+    `float32_precheck`: also convert it to float32 TFLite and check the size and latency budgets (sound when
+    the search ships float32)."""
     from keras_cnn import describe
 
     summary = describe(model)
     record.update(params=summary.total_params, macs=summary.total_macs)
     _enforce(record, budgets, CHEAP)
-    record.update(tflite(model))
-    _enforce(record, budgets, ("tflite_kb", "latency_ms"))
+    if float32_precheck:
+        record.update(tflite(model))
+        _enforce(record, budgets, ("tflite_kb", "latency_ms"), " (float32, before training)")
 
 
-def _enforce(record, budgets, quantities):
+def enforce_shipped(record, budgets):
+    """FailedTrialError if the shipped file (`record`'s ship_kb, ship_latency_ms) breaks the size or latency budget."""
+    _enforce({"tflite_kb": record.get("ship_kb"), "latency_ms": record.get("ship_latency_ms")}, budgets,
+             ("tflite_kb", "latency_ms"), f" ({record.get('ship', 'shipped')} file, trained)")
+
+
+def _enforce(record, budgets, quantities, when=""):
     for name, limit in budgets.items():
         quantity = BUDGETS[name]
-        if quantity in quantities and record[quantity] > limit:
+        if quantity in quantities and record[quantity] is not None and record[quantity] > limit:
             raise keras_tuner.errors.FailedTrialError(
-                f"over budget: {quantity} {record[quantity]:,} > {name} {limit:,}")
+                f"over budget: {quantity} {record[quantity]:,} > {name} {limit:,}{when}")
 
 
 def tflite(model, runs=LATENCY_RUNS):

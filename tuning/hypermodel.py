@@ -5,13 +5,18 @@ maps would shrink below 1x1 on this data (`FailedTrialError`, decided by
 `keras_cnn.model_info` before anything is built), builds the zoo's own model with
 `keras_cnn.build` and compiles it with the optimizer, loss, metrics and steps
 per call of `keras_cnn.recipes`, as `keras_cnn.train` does. `fit` measures the built model
-against the budgets (`tuning.budgets`) before training it.
+against the budgets (`tuning.budgets`) before training it and, once trained, converts the
+trial's checkpoint to the file the search ships and measures that (`tuning.shipping`).
 """
+import os
+
 import keras
 import keras_tuner
+import numpy as np
 
 from keras_cnn import recipes, registry
 from keras_cnn.tuning import budgets as budget_checks
+from keras_cnn.tuning import shipping as ship
 
 
 class ZooHyperModel(keras_tuner.HyperModel):
@@ -24,10 +29,15 @@ class ZooHyperModel(keras_tuner.HyperModel):
         steps_per_epoch: training batches per epoch, which size the `sgd` recipe's cosine schedule.
         batch_size: images per batch, which sizes the steps run per Keras call (`recipes.steps_per_execution`).
         epochs: epochs per trial (Hyperband sets each trial's own in its hyperparameters).
-        budgets: {"max_params": ..., ...} limits a model must meet before it is trained.
+        budgets: {"max_params": ..., ...} limits a model must meet.
+        shipping: a `tuning.shipping.Shipping`: every trained trial is converted to that file and measured
+            (None: not measured).
+        metrics: return {metric: value} with the shipped file's numbers from `fit` (a search with objectives)
+            rather than the Keras history.
     """
 
-    def __init__(self, space, *, input_shape, num_classes, steps_per_epoch, epochs, batch_size=128, budgets=None):
+    def __init__(self, space, *, input_shape, num_classes, steps_per_epoch, epochs, batch_size=128, budgets=None,
+                 shipping=None, metrics=False):
         super().__init__(name="keras_cnn")
         self.space = space
         self.input_shape = tuple(input_shape)
@@ -36,6 +46,8 @@ class ZooHyperModel(keras_tuner.HyperModel):
         self.epochs = epochs
         self.batch_size = batch_size
         self.budgets = budgets or {}
+        self.shipping = shipping
+        self.metrics = metrics
 
     def declare_hyperparameters(self, hp):
         """Register the space on `hp` without building anything (see `tuning.search`)."""
@@ -44,17 +56,24 @@ class ZooHyperModel(keras_tuner.HyperModel):
     def proposal(self, hp):
         """The space's proposal for `hp`; FailedTrialError if its feature maps would collapse on this data."""
         proposal = self.space(hp)
-        side = registry.model_info(proposal.model, **proposal.overrides)["smallest_input"]
+        info = registry.model_info(proposal.model, **proposal.overrides)
+        side = info["smallest_input"]
         height, width = self.input_shape[:2]
         if height < side[0] or width < side[1]:
             raise keras_tuner.errors.FailedTrialError(
                 f"collapsed: needs inputs of at least {side[0]}x{side[1]}, the images are {height}x{width}")
+        if proposal.weights == "imagenet":
+            _check_imagenet(proposal.model, {**info["config"], "input_shape": self.input_shape})
         return proposal
 
     def build(self, hp):
         proposal = self.proposal(hp)
         model = registry.build(proposal.model, input_shape=self.input_shape, num_classes=self.num_classes,
-                               **proposal.overrides)
+                               weights=proposal.weights, **proposal.overrides)
+        if proposal.unfreeze:
+            from keras_cnn.models import transfer
+
+            transfer.unfreeze(model, proposal.unfreeze)
         # Hyperband continues a trial from another's weights: each trial's schedule spans the epochs it trains.
         epochs = hp.values.get("tuner/epochs", self.epochs) - hp.values.get("tuner/initial_epoch", 0)
         optimizer = recipes.compile_model(model, proposal.recipe, total_steps=epochs * self.steps_per_epoch,
@@ -65,14 +84,45 @@ class ZooHyperModel(keras_tuner.HyperModel):
         return model
 
     def fit(self, hp, model, *args, record=None, verbose=0, **kwargs):
-        """Measure `model` into `record`, refuse it if it breaks a budget, then train it (one line per epoch
-        when `verbose`)."""
+        """Measure `model` into `record`, refuse it if it breaks a budget, train it (one line per epoch when
+        `verbose`), then measure the file it ships as and refuse it if that breaks the size or latency budget."""
         record = {} if record is None else record
-        budget_checks.measure_and_enforce(model, self.budgets, record)
+        float32 = self.shipping is None or self.shipping.variant == "float32"
+        budget_checks.measure_and_enforce(model, self.budgets, record, float32_precheck=float32)
         history = model.fit(*args, shuffle=False, verbose=2 if verbose else 0, **kwargs)  # the pipeline shuffles
         record.update(epochs=kwargs.get("initial_epoch", 0) + len(history.epoch),  # Hyperband continues trials
                       val_accuracy=max(history.history.get("val_accuracy", [None])))
-        return history
+        if self.shipping is None:
+            return history
+        _load_checkpoint(model, kwargs.get("callbacks", []))
+        if not all(np.isfinite(weights).all() for weights in model.get_weights()):
+            raise keras_tuner.errors.FailedTrialError("diverged: the trained weights are not finite numbers")
+        record.update(ship=self.shipping.variant, **ship.measure(model, self.shipping), **self.shipping.threads)
+        budget_checks.enforce_shipped(record, self.budgets)
+        if not self.metrics:
+            return history
+        return {key: float(record[key]) for key in ("val_accuracy", "params", "macs", *ship.METRICS)
+                if record.get(key) is not None}
+
+
+def _check_imagenet(model, config):
+    """FailedTrialError when the ImageNet weights a proposal names are not in the Keras cache (or do not exist)."""
+    from keras_cnn import pretrained
+
+    try:
+        pretrained.check_imagenet_width(model, pretrained.BACKBONES[config["backbone"]], config)
+        pretrained.imagenet_weights_file(model, config)
+    except (ValueError, FileNotFoundError) as error:  # pretrained.WeightsUnavailable: not in the cache
+        raise keras_tuner.errors.FailedTrialError(f"no weights: {' '.join(str(error).split())}") from None
+
+
+def _load_checkpoint(model, callbacks):
+    """Give `model` the weights keras-tuner checkpointed for its trial (its best epoch, or the last one when the
+    objective is measured after training), so that what is measured is what the trial keeps."""
+    for callback in callbacks:
+        path = getattr(callback, "filepath", None)
+        if type(callback).__name__ == "SaveBestEpoch" and path and os.path.exists(path):
+            model.load_weights(path)
 
 
 def rebuild(hypermodel, hp, weights):

@@ -28,6 +28,7 @@ import os
 
 
 from keras_cnn import io
+from keras_cnn.tuning.front import cell
 
 TRIALS_DIR = "trials"  # keras-tuner's project folder inside the search folder
 RECORD_FILE = "keras_cnn_trial.json"  # written by each trial next to keras-tuner's trial.json
@@ -53,26 +54,40 @@ class SearchResult:
     run_dir: str  # the retrained model's run folder (None with retrain=False)
     best_model: object  # the retrained model (the best trial's checkpoint with retrain=False)
     test_accuracy: float  # best_model's test accuracy
+    objectives: tuple = None  # a search with several objectives: their names
+    front: list = None  # its Pareto front's rows, the most accurate first (with their "export" entry if exported)
+    ship: str = "int8"  # the TFLite variant every trial was measured as
 
     def table(self):
-        """Every trial: validation accuracy, parameters, MACs, TFLite KB, latency, time, outcome, hyperparameters."""
+        """Every trial: validation and shipped accuracy, parameters, MACs, shipped KB, latency, time, outcome,
+        hyperparameters."""
         return table(self.trials, self.objective)
 
+    def front_table(self):
+        """The Pareto front of `objectives` (None for a single-objective search)."""
+        from keras_cnn.tuning import front
 
-def finish(folder, settings, hypermodel, data, image_data, *, retrain, verbose=0):
-    """Write the results of the search in `folder` and, if `retrain`, retrain its best settings on train + val."""
+        return front.table(self.front, self.objectives, self.ship) if self.objectives else None
+
+
+def finish(folder, settings, hypermodel, data, image_data, *, retrain, export_front=False, verbose=0):
+    """Write the results of the search in `folder` (with its Pareto front if it has several objectives, each
+    front model exported with `export_front`) and, if `retrain`, retrain its best settings on train + val."""
     import keras_cnn
     from keras_cnn.tuning.hypermodel import rebuild
 
-    objective = settings["objective"]
+    objective, objectives = settings["objective"], settings.get("objectives")
     rows = trial_rows(folder)
     best = best_row(rows, objective)
-    summary = {"objective": objective, "best_trial": best and best["trial"], "trials": rows}
+    summary = {"objective": objective, "objectives": objectives, "ship": settings.get("ship"),
+               "best_trial": best and best["trial"], "trials": rows}
+    front = _front(folder, summary, hypermodel, image_data, settings, export_front) if objectives else None
     _write(folder, summary, rows)  # before retraining: a failure there still leaves the table
+    extra = dict(objectives=objectives and tuple(objectives), front=front, ship=settings.get("ship"))
     if best is None:
-        return SearchResult(folder, objective, rows, None, {}, None, None, None, None, None, None)
+        return SearchResult(folder, objective, rows, None, {}, None, None, None, None, None, None, **extra)
 
-    trial = _load_trial(folder, best["trial"])
+    trial = load_trial(folder, best["trial"])
     proposal = hypermodel.proposal(trial.hyperparameters)
     best_trial_model = rebuild(hypermodel, trial.hyperparameters,
                                os.path.join(folder, TRIALS_DIR, f"trial_{best['trial']}", CHECKPOINT))
@@ -86,6 +101,9 @@ def finish(folder, settings, hypermodel, data, image_data, *, retrain, verbose=0
     })
     run_dir = model = test_accuracy = None
     test_data = image_data
+    if retrain and proposal.unfreeze:  # `keras_cnn.train` unfreezes only in a second phase, which trials do not run
+        retrain = False
+        summary["retrain_skipped"] = "the best trial trained with unfrozen backbone blocks from the start"
     if retrain:
         options = {**settings["data_options"], "val_fraction": 0.0}
         test_data = keras_cnn.load_data(data, seed=settings["seed"], **options)
@@ -98,7 +116,29 @@ def finish(folder, settings, hypermodel, data, image_data, *, retrain, verbose=0
     _write(folder, summary, rows)
     return SearchResult(folder, objective, rows, best, best["hyperparameters"], proposal, best_trial_model,
                         best_trial_test_accuracy, run_dir, model if retrain else best_trial_model,
-                        test_accuracy if retrain else best_trial_test_accuracy)
+                        test_accuracy if retrain else best_trial_test_accuracy, **extra)
+
+
+def _front(folder, summary, hypermodel, image_data, settings, export):
+    """The front's rows (exported with `export`), its table and picture written, its trial ids in `summary`."""
+    from keras_cnn.tuning import front as pareto_front
+
+    objectives = summary["objectives"]
+    front = pareto_front.front_rows(summary["trials"], objectives)
+    if export:
+        def trial_model(trial_id):
+            from keras_cnn.tuning.hypermodel import rebuild
+
+            return rebuild(hypermodel, load_trial(folder, trial_id).hyperparameters,
+                           os.path.join(folder, TRIALS_DIR, f"trial_{trial_id}", CHECKPOINT))
+
+        pareto_front.export(folder, front, trial_model, image_data, settings)
+    summary["front"] = [row["trial"] for row in front]
+    summary["front_exports"] = {row["trial"]: row["export"] for row in front if row.get("export")}
+    io.write_text(os.path.join(folder, pareto_front.FRONT_TABLE),
+                  pareto_front.table(front, objectives, settings["ship"]) + "\n")
+    pareto_front.picture(summary["trials"], front, os.path.join(folder, pareto_front.FRONT_PICTURE), settings["ship"])
+    return front
 
 
 def _retrain(run_dir, proposal, data, data_options, epochs, settings, verbose):
@@ -112,6 +152,7 @@ def _retrain(run_dir, proposal, data, data_options, epochs, settings, verbose):
         return keras_cnn.load(run_dir).model, config["test_accuracy"]
     run = keras_cnn.train(proposal.model, data, epochs=epochs, batch_size=settings["batch_size"],
                           recipe=proposal.recipe, learning_rate=proposal.learning_rate, precision="float32",
+                          weights=proposal.weights,
                           seed=settings["seed"], out=run_dir, resume=bool(config), data_options=data_options,
                           input_shape=data.image_shape, verbose=2 if verbose else 0,
                           **proposal.overrides)
@@ -129,8 +170,9 @@ def trial_rows(folder):
         rows.append({
             "trial": trial.trial_id, "status": trial.status, "outcome": _outcome(trial, record),
             "score": trial.score, "val_accuracy": record.get("val_accuracy"),
-            **{key: record.get(key) for key in ("params", "macs", "tflite_kb", "latency_ms", "epochs", "seconds",
-                                                "tuner_id", "rss_mb")},
+            **{key: record.get(key) for key in ("params", "macs", "tflite_kb", "latency_ms", "ship", "ship_accuracy",
+                                                "ship_kb", "ship_latency_ms", "ship_agreement_pct", "latency_threads",
+                                                "cpus", "executions", "epochs", "seconds", "tuner_id", "rss_mb")},
             "hyperparameters": {name: value for name, value in hp.values.items()
                                 if not name.startswith("tuner/") and hp.is_active(name)},
         })
@@ -161,16 +203,18 @@ def table(rows, objective):
     from keras_cnn.tables import format_table
 
     best = best_row(rows, objective)
-    score = objective["name"] != "val_accuracy"
-    header = ["trial", *([objective["name"]] if score else []), "val acc", "params", "MACs", "TFLite KB", "ms b=1",
-              "epochs", "s", "outcome", "hyperparameters"]
+    score = objective["name"] not in ("val_accuracy", "ship_accuracy", "ship_kb", "ship_latency_ms", "macs", "params")
+    ship = next((row["ship"] for row in rows if row.get("ship")), "shipped")
+    header = ["trial", *([objective["name"]] if score else []), "val acc", f"{ship} acc", "params", "MACs",
+              f"{ship} KB", "ms b=1", "epochs", "s", "outcome", "hyperparameters"]
     lines = []
     for row in rows:
         lines.append([
             row["trial"] + ("*" if best and row["trial"] == best["trial"] else ""),
             *([_number(row["score"], "{:.4f}")] if score else []),
-            _number(row["val_accuracy"], "{:.4f}"), _number(row["params"], "{:,}"), _number(row["macs"], "{:,}"),
-            _number(row["tflite_kb"], "{:.1f}"), _number(row["latency_ms"], "{:.3f}"),
+            cell(row, "val_accuracy", "{:.4f}"), cell(row, "ship_accuracy", "{:.4f}"),
+            _number(row["params"], "{:,}"), _number(row["macs"], "{:,}"),
+            cell(row, "ship_kb", "{:.1f}"), cell(row, "ship_latency_ms", "{:.3f}"),
             _number(row["epochs"], "{}"), _number(row["seconds"], "{:.0f}"), row["outcome"],
             " ".join(f"{key}={_number(value, '{:.3g}') if isinstance(value, float) else value}"
                      for key, value in row["hyperparameters"].items()),
@@ -191,7 +235,7 @@ def _write(folder, summary, rows):
     io.write_text(os.path.join(folder, TABLE_FILE), table(rows, summary["objective"]) + "\n")
 
 
-def _load_trial(folder, trial_id):
+def load_trial(folder, trial_id):
     return _trial_class().load(os.path.join(folder, TRIALS_DIR, f"trial_{trial_id}", "trial.json"))
 
 

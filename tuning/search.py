@@ -3,14 +3,17 @@
 A search folder holds everything a search needs to be continued, compared and used:
 
     search.json                 the settings, and the fingerprint of the space and data that `resume` checks
-    trials/trial_NN/            keras-tuner's trial.json and best-epoch checkpoint, and keras_cnn_trial.json:
-                                the trial's parameters, MACs, TFLite size and latency, time and outcome
+    trials/trial_NN/            keras-tuner's trial.json and checkpoint, and keras_cnn_trial.json: the trial's
+                                parameters, MACs, its shipped TFLite file's accuracy, size and latency, time
+                                and outcome (and each execution's numbers, with executions_per_trial > 1)
     tensorboard/                one TensorBoard run per trial, with its hyperparameters (HParams dashboard)
     results.txt, results.json   the results table: every trial, including the rejected ones
     best_hyperparameters.json   the best trial's hyperparameters and the zoo model and recipe they mean
     best_trial.keras            the best trial's own checkpoint: trained on the train split, best epoch
     retrained-trial_NN/         the best settings retrained on train + val by `keras_cnn.train`: a normal
                                 run folder (`keras_cnn.load`, `keras-cnn export`), evaluated on test
+    front.txt, front.png        with objectives: the Pareto front, sorted by accuracy, and its picture
+    front/trial_NN/             with export_front: each front model's verified export (`keras_cnn.export`)
     logs/                       the chief's and workers' output, with distributed=True
 
 Configurations that cannot work are rejected, not fatal: a feature map that would
@@ -26,14 +29,8 @@ and KERASTUNER_ORACLE_PORT. `distributed=True` starts the chief (listening on
 127.0.0.1 unless KERASTUNER_ORACLE_IP says otherwise) and `workers` workers on this
 machine; more machines join with `python -m keras_cnn.tuning FOLDER` (see docs/tuning.md).
 
-keras-tuner's private API is used in this module only, each use pinned by a test in tests/test_tuning.py
-("private API") that fails when a keras-tuner release changes it (written for keras-tuner 1.4):
-`BaseTuner._populate_initial_space` and `Tuner._build_and_fit_model` are overridden (`ZooTuner`),
-`Tuner.__init__` is called past the concrete tuners' constructors, and `HyperbandOracle.end_trial` reads
-`_get_size`, `_get_num_brackets` and `_brackets`. (`keras_cnn.tuning.results` reads trials with the public
-`keras_tuner.engine.trial.Trial.load`.)
+keras-tuner's tuners and oracles, and the private API they use, are in `tuning.tuners`.
 """
-import contextlib
 import hashlib
 import json
 import os
@@ -48,26 +45,23 @@ import keras_tuner
 import keras_cnn
 from keras_cnn import io
 from keras_cnn.tuning import budgets as budget_checks
-from keras_cnn.tuning import results, spaces
+from keras_cnn.tuning import pareto, results, shipping, spaces
 from keras_cnn.tuning.hypermodel import ZooHyperModel
-from keras_cnn.tuning.results import RECORD_FILE, TRIALS_DIR
+from keras_cnn.tuning.tuners import make_tuner
 
 SETTINGS_FILE = "search.json"
 TENSORBOARD_DIR = "tensorboard"
 LOGS_DIR = "logs"
 TUNERS = ("random", "bayesian", "hyperband")
 DEFAULT_OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")
-MAX_CONSECUTIVE_CRASHES = 3
-# keras-tuner ends a search after `max_consecutive_failed_trials` FAILED trials in a row; rejected
-# configurations are FAILED trials and a space may propose many in a row, so that limit is lifted.
-_NO_LIMIT = sys.maxsize
 _CHIEF_EXIT_SECONDS = 60  # after its last worker, keras-tuner's chief notices within 20 s that it is done
 _STOP_SECONDS = 10
 
 
 def search(data="digits", *, space="cnn", tuner="random", max_trials=10, epochs=5, max_epochs=9, factor=3,
            objective=DEFAULT_OBJECTIVE, seed=0, out=None, resume=False, batch_size=128, data_options=None,
-           max_params=None, max_macs=None, max_tflite_kb=None, max_latency_ms=None, distributed=False,
+           max_params=None, max_macs=None, max_tflite_kb=None, max_latency_ms=None, objectives=None, ship="int8",
+           latency_runs=shipping.LATENCY_RUNS, executions_per_trial=1, export_front=False, distributed=False,
            workers=2, retrain=True, verbose=1):
     """Search `space` for the best model on `data`, then retrain the winner on train + val.
 
@@ -83,7 +77,18 @@ def search(data="digits", *, space="cnn", tuner="random", max_trials=10, epochs=
         out: the search folder (default saved_models/tune-<data>-<time>).
         resume: continue the interrupted search in `out` (refused if its space or data differ).
         batch_size, data_options: as for `keras_cnn.train` (data_options go to `load_data`).
-        max_params, max_macs, max_tflite_kb, max_latency_ms: budgets; a model over one is never trained.
+        max_params, max_macs, max_tflite_kb, max_latency_ms: budgets. A model over the params or MACs budget
+            is never trained; the size and latency budgets apply to the shipped file (before training too when
+            it ships float32, whose untrained flatbuffer bounds its size from below).
+        objectives: trade-offs to search, e.g. "accuracy,kb,latency" (any of accuracy, kb, latency, macs,
+            params: accuracy, size and latency of the shipped file); the results then report the Pareto front,
+            and "best" means the first objective's best. None: the single `objective`.
+        ship: the TFLite variant every trained trial is converted to and measured as: "int8" (calibrated on
+            training images), "float32", "float16" or "dynamic".
+        latency_runs: batch-1 LiteRT calls whose median is a shipped file's latency (0: not timed).
+        executions_per_trial: trainings of each configuration (keras-tuner's); their numbers are averaged and
+            the table shows the spread.
+        export_front: export and verify every model on the front (`keras_cnn.export`) into OUT/front/.
         distributed, workers: run keras-tuner's chief and `workers` worker processes on this machine.
         retrain: retrain the best settings on train + val with `keras_cnn.train` (a run folder).
         verbose: keras-tuner's per-trial report and one line per epoch.
@@ -101,13 +106,18 @@ def search(data="digits", *, space="cnn", tuner="random", max_trials=10, epochs=
                                        max_latency_ms=max_latency_ms))
     _check_arguments(tuner, max_trials, epochs, max_epochs, factor, batch_size, distributed, workers, data,
                      space_name)
-    if isinstance(objective, str):
+    objectives = _check_objectives(objectives, export_front, tuner, latency_runs, max_latency_ms)
+    _check_shipping(ship, latency_runs, executions_per_trial)
+    if objectives:
+        objective = keras_tuner.Objective(*pareto.METRICS[objectives[0]])
+    elif isinstance(objective, str):
         objective = keras_tuner.Objective(objective, "min" if objective.endswith("loss") else "max")
     data_options = dict(data_options or {})
     image_data = keras_cnn.load_data(data, seed=seed, **data_options)
     if not image_data.sizes["val"]:
         raise ValueError(f"a search needs a validation split to score trials on; {image_data.name} has none. "
                          f"Received: data_options={data_options}")
+    shipping.check(ship, latency_runs, image_data)
     if retrain and not image_data.sizes["test"]:
         raise ValueError(f"the retrained model is evaluated on a test split; {image_data.name} has none: keep a "
                          f"test_fraction or pass retrain=False. Received: data_options={data_options}")
@@ -118,17 +128,21 @@ def search(data="digits", *, space="cnn", tuner="random", max_trials=10, epochs=
         "max_trials": None if hyperband else max_trials, "epochs": None if hyperband else epochs,
         "max_epochs": max_epochs if hyperband else None, "factor": factor if hyperband else None,
         "seed": seed, "batch_size": batch_size, "budgets": budgets, "distributed": bool(distributed),
+        "objectives": list(objectives) if objectives else None, "ship": ship, "latency_runs": latency_runs,
+        "executions_per_trial": executions_per_trial,
     }
     fingerprint = {"space": _space_fingerprint(space_name, space_function), "data": _data_fingerprint(image_data),
                    **{key: settings[key] for key in ("tuner", "objective", "epochs", "max_epochs", "factor",
-                                                     "seed", "batch_size", "budgets")}}
+                                                     "seed", "batch_size", "budgets", "objectives", "ship",
+                                                     "executions_per_trial")}}
     folder = _open_folder(out, image_data.name, resume, settings, fingerprint)
     if distributed:
         _launch(folder, workers)
     else:
         _run_tuner(folder, settings, image_data, space_function, verbose)
-    hypermodel = _hypermodel(settings, image_data, space_function)
-    return results.finish(folder, settings, hypermodel, data, image_data, retrain=retrain, verbose=verbose)
+    hypermodel = _hypermodel(settings, image_data, space_function, measure=False)
+    return results.finish(folder, settings, hypermodel, data, image_data, retrain=retrain,
+                          export_front=export_front, verbose=verbose)
 
 
 def join(folder):
@@ -163,6 +177,28 @@ def _check_arguments(tuner, max_trials, epochs, max_epochs, factor, batch_size, 
         if "<" in space_name:  # a lambda or a function defined inside another one
             raise ValueError("a distributed search imports the space in every process: pass a name or a "
                              f"module-level function. Received: space={space_name!r}")
+
+
+def _check_objectives(objectives, export_front, tuner, latency_runs, max_latency_ms):
+    """The objectives as a tuple (None for a single-objective search), after the checks that need no data."""
+    objectives = pareto.parse(objectives) if objectives is not None else None
+    if export_front and len(objectives or ()) < 2:
+        raise ValueError("export_front exports the Pareto front of two or more objectives; name them in "
+                         f"objectives. Received: objectives={','.join(objectives) if objectives else None!r}")
+    if objectives and tuner == "hyperband":
+        raise ValueError("hyperband promotes trials by one score; search objectives with the random or bayesian "
+                         "tuner. Received: tuner='hyperband'")
+    if latency_runs == 0 and ("latency" in (objectives or ()) or max_latency_ms is not None):
+        raise ValueError("a latency objective or budget needs timed runs of the shipped file. "
+                         "Received: latency_runs=0")
+    return objectives
+
+
+def _check_shipping(ship, latency_runs, executions_per_trial):
+    shipping.check(ship, latency_runs)
+    if isinstance(executions_per_trial, bool) or not isinstance(executions_per_trial, int) or executions_per_trial < 1:
+        raise ValueError(f"`executions_per_trial` must be an integer >= 1. "
+                         f"Received: executions_per_trial={executions_per_trial!r}")
 
 
 def _space_fingerprint(name, function):
@@ -221,117 +257,13 @@ def _read(folder):
         return json.load(handle)
 
 
-def _hypermodel(settings, data, space_function):
+def _hypermodel(settings, data, space_function, measure=True):
+    """The search's hypermodel; `measure`: with the shipped-file measurement trials need (not to read results)."""
+    ships = shipping.prepare(data, settings["ship"], settings["latency_runs"]) if measure else None
     return ZooHyperModel(space_function, input_shape=data.image_shape, num_classes=data.num_classes,
                          steps_per_epoch=-(-data.sizes["train"] // settings["batch_size"]),
                          epochs=settings["epochs"] or settings["max_epochs"], batch_size=settings["batch_size"],
-                         budgets=settings["budgets"])
-
-
-class ZooTuner(keras_tuner.Tuner):
-    """keras-tuner's Tuner as keras_cnn runs it: the space registered without building a model, every trial
-    seeded and recorded (numbers and outcome, in keras_cnn_trial.json), and the search stopped after
-    repeated crashes rather than after repeated rejections."""
-
-    def __init__(self, oracle, *, base_seed, **kwargs):
-        self.base_seed = base_seed
-        self.consecutive_crashes = 0
-        # Straight to Tuner: the concrete tuners' (RandomSearch, Hyperband) constructors only make their oracle.
-        keras_tuner.Tuner.__init__(self, oracle=oracle, **kwargs)
-
-    def _populate_initial_space(self):
-        # keras-tuner's own registers the space by building models, the default configuration among them,
-        # which may collapse on this data; running the space function registers every hyperparameter.
-        hp = self.oracle.get_space()
-        self.hypermodel.declare_hyperparameters(hp)
-        self.oracle.update_space(hp)
-
-    def _build_and_fit_model(self, trial, *args, **kwargs):
-        record = {"trial": trial.trial_id, "tuner_id": self.tuner_id, "status": "crashed"}
-        started = time.perf_counter()
-        keras.utils.set_random_seed(self.base_seed + int(trial.trial_id))  # a trial repeats whoever runs it
-        try:
-            with _custom_gradients_released():
-                outcome = super()._build_and_fit_model(trial, *args, record=record, **kwargs)
-            record["status"] = "trained"
-            self.consecutive_crashes = 0
-            return outcome
-        except keras_tuner.errors.FailedTrialError as error:
-            record.update(status="rejected", reason=str(error))
-            raise
-        except Exception as error:
-            record["reason"] = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
-            self.consecutive_crashes += 1
-            if self.consecutive_crashes >= MAX_CONSECUTIVE_CRASHES:
-                raise keras_tuner.errors.FatalRuntimeError(
-                    f"{self.consecutive_crashes} trials in a row crashed; the last with {record['reason']}") from error
-            raise
-        finally:
-            record.update(seconds=round(time.perf_counter() - started, 1), rss_mb=_rss_mb())
-            io.write_json(os.path.join(self.get_trial_dir(trial.trial_id), RECORD_FILE), record)
-
-
-@contextlib.contextmanager
-def _custom_gradients_released():
-    """Unregister the gradient functions that `tf.custom_gradient` registers inside the block.
-
-    Traced in a graph, `tf.custom_gradient` registers its gradient function in TensorFlow's global
-    gradient registry under a new name and never removes it; the function holds tensors of the traced
-    graph. Keras's train step calls one (the optimizer's all-reduce of the gradients), so each trained
-    model's training graph would outlive `clear_session()`: ~2.6 MB a trial on digits (tensorflow#97697,
-    #80895). The names are the trial's own, for graphs no one differentiates again once it has trained.
-    """
-    from tensorflow.python.framework import ops  # the registry has no public way to unregister
-
-    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", {})  # {}: nothing to release
-    before = set(registry)
-    try:
-        yield
-    finally:
-        for name in set(registry) - before:
-            if name.startswith("CustomGradient-"):
-                del registry[name]
-
-
-class HyperbandTuner(ZooTuner, keras_tuner.Hyperband):
-    """Hyperband's trials: each trains for its bracket's epochs, continuing from a promoted trial's weights."""
-
-
-class HyperbandOracle(keras_tuner.oracles.HyperbandOracle):
-    """Hyperband in which a rejected configuration gives its place in a bracket's first round to a new one.
-
-    keras-tuner's continues a bracket's next round only when more of the previous round's trials
-    COMPLETED than the round discards, so a few FAILED (collapsed or over-budget) trials among the first
-    round's would stop that bracket's successive halving: its best models would never train longer.
-    At most as many places are given back as the plan has first-round trials, so an infeasible space ends.
-    """
-
-    @keras_tuner.synchronized
-    def end_trial(self, trial):
-        super().end_trial(trial)
-        failed = sum(other.status == "FAILED" for other in self.trials.values())
-        first_round = self.hyperband_iterations * sum(self._get_size(bracket, 0)
-                                                      for bracket in range(self._get_num_brackets()))
-        if self.trials[trial.trial_id].status == "FAILED" and failed <= first_round:
-            for bracket in self._brackets:
-                bracket["rounds"][0] = [entry for entry in bracket["rounds"][0] if entry["id"] != trial.trial_id]
-            self.save()
-
-
-def make_tuner(folder, settings, hypermodel):
-    """The keras-tuner tuner of `settings` over `hypermodel`, reloading the state already in `folder`."""
-    oracle_settings = dict(objective=keras_tuner.Objective(**settings["objective"]),
-                           seed=settings["seed"] + 1,  # keras-tuner draws a random seed for seed=0
-                           max_consecutive_failed_trials=_NO_LIMIT)
-    if settings["tuner"] == "hyperband":
-        oracle = HyperbandOracle(max_epochs=settings["max_epochs"], factor=settings["factor"], **oracle_settings)
-    else:
-        oracle_class = keras_tuner.oracles.RandomSearchOracle if settings["tuner"] == "random" else \
-            keras_tuner.oracles.BayesianOptimizationOracle
-        oracle = oracle_class(max_trials=settings["max_trials"], **oracle_settings)
-    tuner_class = HyperbandTuner if settings["tuner"] == "hyperband" else ZooTuner
-    return tuner_class(oracle, hypermodel=hypermodel, directory=folder, project_name=TRIALS_DIR, overwrite=False,
-                       base_seed=settings["seed"])
+                         budgets=settings["budgets"], shipping=ships, metrics=bool(settings["objectives"]))
 
 
 def _run_tuner(folder, settings, data, space_function, verbose):
@@ -342,15 +274,6 @@ def _run_tuner(folder, settings, data, space_function, verbose):
     tuner.search(data.pipeline("train", batch_size=batch_size, training=True, seed=seed),
                  validation_data=data.pipeline("val", batch_size=batch_size),
                  epochs=settings["epochs"] or settings["max_epochs"], callbacks=[tensorboard], verbose=verbose)
-
-
-def _rss_mb():
-    """This process's resident memory in MB (None where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return round(int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-    except OSError:
-        return None
 
 
 def _launch(folder, workers):

@@ -24,12 +24,15 @@ from keras_cnn.recipes import RECIPES
 
 @dataclasses.dataclass(frozen=True)
 class Proposal:
-    """One configuration: `keras_cnn.build(model, **overrides)`, trained with `recipe` at `learning_rate`."""
+    """One configuration: `keras_cnn.build(model, weights=weights, **overrides)`, trained with `recipe` at
+    `learning_rate`; a transfer model with its top `unfreeze` backbone blocks trainable (0: frozen)."""
 
     model: str
     overrides: dict
     recipe: str = "adam"
     learning_rate: float = None  # None: the recipe's default
+    weights: str = None  # `keras_cnn.build`'s: "imagenet" or a file for a transfer model's backbone
+    unfreeze: int = 0
 
 
 MAX_STAGES = 4  # 32x32 inputs keep 2x2 after four pooled stages; 8x8 digits collapse at four
@@ -50,17 +53,101 @@ def cnn(hp):
         "kernel_size": hp.Choice("kernel_size", [3, 5, 7]),
         "downsample": hp.Choice("downsample", list(DOWNSAMPLES)),
         "batchnorm": hp.Boolean("batchnorm", default=True),
-        "dropout": round(hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2), 2),  # 0.30000000000000004 -> 0.3
+        "dropout": _dropout(hp, default=0.2),
         "head": hp.Choice("head", ["flatten", "gap"]),
         "activation": hp.Choice("activation", list(ACTIVATIONS)),
-        "augment": hp.Choice("augment", list(AUGMENT_PRESETS)),
+        **_augment(hp),
     }
+    return Proposal("small", overrides, *_recipe(hp))
+
+
+RESNET_FILTERS = (64, 128, 256, 512)  # resnet18's stages, scaled by `width`
+
+
+def resnet(hp):
+    """The ResNet family (`resnet18` and its variants): 2-4 stages of 1-3 basic blocks each, channel width
+    (a fraction of 64-128-256-512), kernel, how stages downsample, augmentation, recipe and learning rate."""
+    stages = hp.Int("stages", 2, len(RESNET_FILTERS), default=4)
+    blocks = []
+    for stage in range(1, len(RESNET_FILTERS) + 1):
+        with hp.conditional_scope("stages", list(range(stage, len(RESNET_FILTERS) + 1))):
+            count = hp.Int(f"blocks_{stage}", 1, 3, default=2)
+        if stage <= stages:
+            blocks.append(count)
+    overrides = {
+        "stages": stages,
+        "blocks": blocks,
+        "width": hp.Choice("width", [0.125, 0.25, 0.5, 1.0], default=0.25),
+        "kernel_size": hp.Choice("kernel_size", [3, 5]),
+        "downsample": hp.Choice("downsample", list(DOWNSAMPLES), default="stride"),
+        **_augment(hp),
+    }
+    return Proposal("resnet18", overrides, *_recipe(hp))
+
+
+FAST_STAGES = 3  # airbench's three pooled stages
+
+
+def fast(hp):
+    """The airbench family: the stem's and each stage's channels (2 or 3 stages), dropout, augmentation,
+    recipe and learning rate."""
+    stages = hp.Int("stages", 2, FAST_STAGES, default=FAST_STAGES)
+    filters = []
+    for stage, default in zip(range(1, FAST_STAGES + 1), (64, 256, 256)):
+        with hp.conditional_scope("stages", list(range(stage, FAST_STAGES + 1))):
+            width = hp.Choice(f"filters_{stage}", [16, 32, 64, 128, 256], default=default)
+        if stage <= stages:
+            filters.append(width)
+    overrides = {
+        "stem": hp.Choice("stem", [8, 16, 24, 32], default=24),
+        "filters": filters,
+        "dropout": _dropout(hp, default=0.0),
+        **_augment(hp),
+    }
+    return Proposal("airbench", overrides, *_recipe(hp))
+
+
+TRANSFER_BACKBONES = ("mobilenetv3small", "mobilenetv2", "efficientnetb0", "resnet50v2", "resnet50")
+
+
+def transfer(hp):
+    """The transfer family with ImageNet weights: the backbone (of the `*_transfer` models with ImageNet weights),
+    its width (alpha) where it has some, how many of its top blocks train (0: frozen), the head's dense layer and
+    dropout, and Adam's learning rate (lower when blocks are unfrozen, as fine-tuning wants)."""
+    from keras_cnn.models.backbones import BACKBONES
+
+    backbone = hp.Choice("backbone", list(TRANSFER_BACKBONES))
+    overrides = {}
+    for name in TRANSFER_BACKBONES:
+        with hp.conditional_scope("backbone", [name]):
+            if BACKBONES[name].widths:
+                width = hp.Choice(f"width_{name}", list(BACKBONES[name].widths), default=1.0)
+                if name == backbone:
+                    overrides["width"] = width
+    unfreeze = hp.Choice("unfreeze", [0, 1, 2, 4])
+    dense = hp.Choice("dense", [0, 128])
+    overrides.update(dense=[dense] if dense else [], dropout=_dropout(hp, default=0.2), **_augment(hp))
+    with hp.conditional_scope("unfreeze", [0]):
+        frozen_lr = hp.Float("head_lr", 1e-4, 1e-2, sampling="log", default=1e-3)
+    with hp.conditional_scope("unfreeze", [1, 2, 4]):
+        tuned_lr = hp.Float("fine_tune_lr", 1e-5, 1e-3, sampling="log", default=1e-4)
+    return Proposal(f"{backbone}_transfer", overrides, "adam", tuned_lr if unfreeze else frozen_lr,
+                    weights="imagenet", unfreeze=unfreeze)
+
+
+def _dropout(hp, default):
+    return round(hp.Float("dropout", 0.0, 0.5, step=0.1, default=default), 2)  # 0.30000000000000004 -> 0.3
+
+
+def _augment(hp):
+    """The augmentation preset, and whether it flips (mirroring changes the meaning of digits and text)."""
+    overrides = {"augment": hp.Choice("augment", list(AUGMENT_PRESETS))}
     augmented = [preset for preset in AUGMENT_PRESETS if preset != "none"]
     with hp.conditional_scope("augment", augmented):
-        flip = hp.Boolean("flip", default=True)  # mirroring changes the meaning of digits and text
+        flip = hp.Boolean("flip", default=True)
     if overrides["augment"] != "none":
         overrides["flip"] = flip
-    return Proposal("small", overrides, *_recipe(hp))
+    return overrides
 
 
 def _recipe(hp):
@@ -73,7 +160,7 @@ def _recipe(hp):
     return recipe, adam if recipe == "adam" else sgd
 
 
-SPACES = {"cnn": cnn}
+SPACES = {"cnn": cnn, "resnet": resnet, "fast": fast, "transfer": transfer}
 
 
 def resolve(space):

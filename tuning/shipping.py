@@ -1,0 +1,83 @@
+"""The file that ships, measured after every trained trial: converted as `keras_cnn.export` converts, run in LiteRT.
+
+A trial's trained model goes through `keras_cnn.exporting.tflite_bytes` (the float32 inference rebuild, the
+mobile model taking RGB, TensorFlow's converter from a SavedModel with built-in ops only, the MediaPipe
+metadata), in the variant the search ships (int8 by default, calibrated on training images as export
+calibrates). The bytes are written to a temporary file and measured by `keras_cnn.verification.measure`,
+the export report's own row: the file's size, its top-1 accuracy on the validation split in LiteRT,
+its agreement with the Keras model, and its batch-1 latency (median of `latency_runs` calls, LiteRT's
+default CPU delegate and thread count). The size is the size of the file `export` writes for the same
+weights, byte for byte.
+"""
+import dataclasses
+import os
+import tempfile
+
+import numpy as np
+
+from keras_cnn.options import QUANTIZATIONS
+
+LATENCY_RUNS = 50  # export's default
+CALIBRATION_SAMPLES = 300  # export's default
+MAX_VAL_IMAGES = 2000  # export verifies on at most as many test images
+METRICS = ("ship_accuracy", "ship_kb", "ship_latency_ms", "ship_agreement_pct")
+
+
+@dataclasses.dataclass
+class Shipping:
+    """How a search ships its models: the variant, int8's calibration images and the validation images."""
+
+    variant: str
+    latency_runs: int
+    class_names: list
+    x: np.ndarray
+    y: np.ndarray
+    calibration: np.ndarray = None
+
+    @property
+    def threads(self):
+        """How the latency is timed: LiteRT's interpreter with its default thread count, on this many CPUs."""
+        return {"latency_threads": "LiteRT default", "cpus": os.cpu_count()}
+
+
+def check(variant, latency_runs, image_data=None):
+    """ValueError, one line, for a variant or run count that cannot be measured (int8 with no training images)."""
+    if variant not in QUANTIZATIONS:
+        raise ValueError(f"`ship` must be one of {', '.join(QUANTIZATIONS)}. Received: ship={variant!r}")
+    if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or latency_runs < 0:
+        raise ValueError(f"`latency_runs` must be an integer >= 0. Received: latency_runs={latency_runs!r}")
+    if image_data is not None and variant == "int8" and not image_data.sizes["train"]:
+        raise ValueError(f"an int8 file is calibrated on training images and {image_data.name} has none; ship "
+                         "float32, float16 or dynamic. Received: ship='int8'")
+
+
+def prepare(image_data, variant, latency_runs):
+    """The `Shipping` of a search on `image_data`: its validation images, and int8's calibration images."""
+    from keras_cnn.exporting import calibration_images
+
+    check(variant, latency_runs, image_data)
+    x, y = image_data.arrays("val", limit=MAX_VAL_IMAGES)
+    calibration = calibration_images(image_data, image_data.image_shape, CALIBRATION_SAMPLES) \
+        if variant == "int8" else None
+    return Shipping(variant, latency_runs, list(image_data.class_names), x, y, calibration)
+
+
+def measure(model, shipping):
+    """{ship_accuracy (0-1), ship_kb, ship_latency_ms, ship_agreement_pct} of `model` converted as it ships."""
+    from keras_cnn.exporting import inference_model, tflite_bytes
+    from keras_cnn.prediction import keras_artifact, load_artifact
+    from keras_cnn.tflite_export import mobile_model
+    from keras_cnn.verification import TestSet, measure as measure_artifact, rgb_expected
+
+    model_bytes = tflite_bytes(model, shipping.variant, shipping.calibration, class_names=shipping.class_names)
+    gray = model.input_shape[-1] == 1
+    test = TestSet(shipping.x, shipping.y, keras_artifact(model).probabilities(shipping.x), shipping.latency_runs,
+                   rgb_expected(mobile_model(inference_model(model)), shipping.x) if gray else None)
+    with tempfile.TemporaryDirectory(prefix=".ship-") as folder:
+        path = os.path.join(folder, f"{model.name}_{shipping.variant}.tflite")
+        with open(path, "wb") as handle:
+            handle.write(model_bytes)
+        row = measure_artifact(load_artifact(path), "tflite", shipping.variant, test, path,
+                               timed=shipping.latency_runs > 0)
+    return {"ship_accuracy": round(row["accuracy_pct"] / 100, 5), "ship_kb": row["size_kb"],
+            "ship_latency_ms": row["latency_ms"], "ship_agreement_pct": row["agreement_pct"]}
