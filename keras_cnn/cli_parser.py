@@ -17,7 +17,7 @@ def train_options():
     default = {name: parameter.default for name, parameter in inspect.signature(train).parameters.items()}
     general, airbench = recipes.TRAIN_DEFAULTS, recipes.RECIPE_DEFAULTS["airbench"]
     return {
-        "epochs": (("--epochs",), dict(type=_number, help="training epochs; a fraction ends the last one early "
+        "epochs": (("--epochs",), dict(type=number, help="training epochs; a fraction ends the last one early "
                                        f"(default: the recipe's, airbench {airbench['epochs']}, else "
                                        f"{general['epochs']})")),
         "batch_size": (("--batch-size",), dict(type=int, help=f"batch size (default: the recipe's, airbench "
@@ -61,7 +61,7 @@ def train_options():
 
 
 
-def _number(text):
+def number(text):
     """An int where the text is one (3), else a float (9.9)."""
     try:
         return int(text)

@@ -144,7 +144,7 @@ CASES = [
     command("train small --resume", "--resume needs the folder of an interrupted run", "resume-without-out"),
     command("train small --unfreeze 2", "`unfreeze` has no effect without fine-tuning epochs",
             "unfreeze-without-fine-tune"),
-    command("train small --epochs x", "argument --epochs: invalid int value: 'x'",
+    command("train small --epochs x", "argument --epochs: invalid number value: 'x'",
             "epochs-not-a-number"),  # was: the usage, then the error
 ]
 
