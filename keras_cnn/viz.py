@@ -256,7 +256,8 @@ def corruption_examples(image, seed=0):
 
 def pareto_front(points, front, *, ship="int8", references=()):
     """Accuracy against file size of a search's trials (dicts with ship_kb, ship_accuracy, ship_latency_ms),
-    latency as colour, the Pareto front `front` (some of `points`) circled and joined in size order;
+    latency as colour, the Pareto front `front` (some of `points`) circled, and the best accuracy within each
+    size drawn as steps (a front of three objectives also holds points that win on latency alone);
     `references` are labelled extra points (models outside the search), drawn as black stars."""
     figure, axis = plt.subplots(figsize=(8, 5))
     everything = [*points, *references]
@@ -269,10 +270,11 @@ def pareto_front(points, front, *, ship="int8", references=()):
     dots = axis.scatter([p["ship_kb"] for p in points], [p["ship_accuracy"] for p in points], c=colours(points),
                         s=30, label="trials", **scale)
     joined = sorted(front, key=lambda p: p["ship_kb"])
-    axis.plot([p["ship_kb"] for p in joined], [p["ship_accuracy"] for p in joined], "-", color="crimson", lw=1,
-              label="Pareto front")
+    steps = [p for i, p in enumerate(joined) if all(p["ship_accuracy"] > q["ship_accuracy"] for q in joined[:i])]
+    axis.plot([p["ship_kb"] for p in steps], [p["ship_accuracy"] for p in steps], color="crimson", lw=1,
+              drawstyle="steps-post", label="best accuracy within a size")
     axis.scatter([p["ship_kb"] for p in joined], [p["ship_accuracy"] for p in joined], s=110, facecolors="none",
-                 edgecolors="crimson")
+                 edgecolors="crimson", label="Pareto front")
     for reference in references:
         axis.scatter([reference["ship_kb"]], [reference["ship_accuracy"]], c=colours([reference]), marker="*",
                      s=220, edgecolors="black", **scale)
@@ -281,8 +283,9 @@ def pareto_front(points, front, *, ship="int8", references=()):
     if latencies:
         figure.colorbar(dots, ax=axis, label=f"{ship} batch-1 latency (ms)")
     axis.set_xscale("log")
-    for ticks in (axis.xaxis.set_major_formatter, axis.xaxis.set_minor_formatter):
-        ticks(matplotlib.ticker.FormatStrFormatter("%g"))  # 300 rather than 3 x 10^2
+    axis.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    axis.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 300 rather than 3 x 10^2
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.set_xlabel(f"{ship} TFLite file (KB, log scale)")
     axis.set_ylabel(f"{ship} top-1 accuracy (validation, LiteRT)")
     axis.grid(alpha=0.3)

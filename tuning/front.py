@@ -68,7 +68,7 @@ def _exported(export):
 
 
 def picture(rows, front, path, ship, references=()):
-    """front.png: every completed trial's shipped accuracy against size (latency as colour), the front joined.
+    """front.png: every completed trial's shipped accuracy against size (latency as colour), the front circled.
     `references`: extra labelled points {label, ship_kb, ship_accuracy, ship_latency_ms} (baseline models)."""
     from keras_cnn import viz
 
