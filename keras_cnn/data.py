@@ -150,7 +150,7 @@ class ImageData:
         target = self.image_shape if image_shape is None else _check_image_shape(image_shape)
         if target != self.image_shape:
             logger.info("%s %s: adapting images from %s to %s.", self.name, split, self.image_shape, target)
-            ds = ds.map(lambda x, y: (_adapt(x, target), y), num_parallel_calls=_AUTOTUNE)
+            ds = ds.map(lambda x, y: (adapt(x, target), y), num_parallel_calls=_AUTOTUNE)
         return ds
 
 
@@ -229,7 +229,7 @@ def _from_arrays(name, x, y, *, class_names, fractions, seed, image_size, channe
     x = x if x.dtype == np.uint8 else x.astype(np.float32)
     shape = _stored_shape(x.shape[1:3], x.shape[3], image_size, channels)
     if shape != x.shape[1:]:
-        x = _adapt(tf.constant(x), shape).numpy()
+        x = adapt(tf.constant(x), shape).numpy()
     y = y.astype(np.int32)
     parts = _stratified_indices(y, *fractions, seed)
     splits = {s: _memory_split(x[idx], y[idx]) for s, idx in parts.items() if len(idx)}
@@ -282,7 +282,7 @@ def _from_tfds(spec, rest, data_dir, *, fractions, seed, image_size, channels):
         if info.splits[tfds_split].num_examples == 0:
             continue
         ds = builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False)
-        ds = ds.map(lambda x, y: (_adapt(x, shape), tf.cast(y, tf.int32)), num_parallel_calls=_AUTOTUNE)
+        ds = ds.map(lambda x, y: (adapt(x, shape), tf.cast(y, tf.int32)), num_parallel_calls=_AUTOTUNE)
         splits[split] = _Split(ds, int(ds.cardinality()), lambda s=tfds_split: read_labels(s))
     return ImageData(builder.name, list(info.features[label_key].names), shape, seed, splits)
 
@@ -371,7 +371,7 @@ def _file_split(files, labels, shape) -> _Split:
 
     def decode(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return _adapt(image, shape), label
+        return adapt(image, shape), label
 
     ds = tf.data.Dataset.from_tensor_slices((files, labels)).map(decode, num_parallel_calls=_AUTOTUNE)
     return _Split(ds.ignore_errors(log_warning=True), len(files), lambda: labels)
@@ -398,7 +398,7 @@ def read_image(image, shape):
         if array.ndim != 3 or array.shape[-1] not in (1, 3):
             raise ValueError(f"a numpy image must be (H, W) or (H, W, C) with 1 or 3 channels. "
                              f"Received: image.shape={image.shape}")
-        return _adapt(tf.constant(array, tf.float32), shape).numpy()
+        return adapt(tf.constant(array, tf.float32), shape).numpy()
     path = str(image)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: file not found")
@@ -408,7 +408,7 @@ def read_image(image, shape):
         decoded = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
         raise ValueError(f"{path}: not a readable image ({', '.join(IMAGE_EXTENSIONS)})") from None
-    return tf.cast(_adapt(decoded, shape), tf.float32).numpy()
+    return tf.cast(adapt(decoded, shape), tf.float32).numpy()
 
 
 def _stored_shape(native_size, native_channels, image_size, channels):
@@ -427,7 +427,7 @@ def _positive_ints(values):
     return all(isinstance(v, (int, np.integer)) and v >= 1 for v in values)
 
 
-def _adapt(image, shape):
+def adapt(image, shape):
     """Convert gray<->RGB and resize an image (or batch) to ``shape``, keeping [0, 255] and the dtype."""
     height, width, channels = shape
     if image.shape[-1] != channels:

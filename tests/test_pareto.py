@@ -184,6 +184,22 @@ def test_the_measured_file_is_the_file_export_writes(tmp_path):
     assert abs(written - len(exported)) <= 16 and round(written / 1024, 1) == measured["ship_kb"]
 
 
+def test_a_proposal_s_input_size_resizes_the_images_it_trains_and_ships_on(tmp_path):
+    def upsized(hp):  # the transfer space's `input_size`, on a model quick enough for digits
+        return spaces.Proposal("small", {"filters": [16, 32], "head": "gap", "dense": [], "dropout": 0.0}, "adam",
+                               0.01, input_size=16)
+
+    result = search("digits", space=upsized, max_trials=1, out=str(tmp_path / "s"), objectives="accuracy,kb",
+                    **{**QUICK, "epochs": 4})
+    trial = result.trials[0]
+    assert trial["status"] == "COMPLETED", trial["outcome"]
+    assert result.best_trial_model.input_shape == (None, 16, 16, 1)
+    # Validated on the digits resized to 16x16 in Keras, and the file measured on the same resized images:
+    assert trial["ship_agreement_pct"] >= 95 and abs(trial["ship_accuracy"] - trial["val_accuracy"]) < 0.03
+    assert spaces.Proposal("small", {}, input_size=16).input_shape((8, 8, 1)) == (16, 16, 1)
+    assert spaces.Proposal("small", {}).input_shape((8, 8, 1)) == (8, 8, 1)
+
+
 def test_resume_keeps_the_vectors_and_refuses_other_objectives_or_ship(tmp_path):
     out = str(tmp_path / "tune")
     first = search("digits", space=tiny, max_trials=1, out=out, objectives="accuracy,kb", **QUICK)

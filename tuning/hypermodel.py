@@ -58,18 +58,19 @@ class ZooHyperModel(keras_tuner.HyperModel):
         proposal = self.space(hp)
         info = registry.model_info(proposal.model, **proposal.overrides)
         side = info["smallest_input"]
-        height, width = self.input_shape[:2]
+        shape = proposal.input_shape(self.input_shape)
+        height, width = shape[:2]
         if height < side[0] or width < side[1]:
             raise keras_tuner.errors.FailedTrialError(
                 f"collapsed: needs inputs of at least {side[0]}x{side[1]}, the images are {height}x{width}")
         if proposal.weights == "imagenet":
-            _check_imagenet(proposal.model, {**info["config"], "input_shape": self.input_shape})
+            _check_imagenet(proposal.model, {**info["config"], "input_shape": shape})
         return proposal
 
     def build(self, hp):
         proposal = self.proposal(hp)
-        model = registry.build(proposal.model, input_shape=self.input_shape, num_classes=self.num_classes,
-                               weights=proposal.weights, **proposal.overrides)
+        model = registry.build(proposal.model, input_shape=proposal.input_shape(self.input_shape),
+                               num_classes=self.num_classes, weights=proposal.weights, **proposal.overrides)
         if proposal.unfreeze:
             from keras_cnn.models import transfer
 
@@ -89,6 +90,7 @@ class ZooHyperModel(keras_tuner.HyperModel):
         record = {} if record is None else record
         float32 = self.shipping is None or self.shipping.variant == "float32"
         budget_checks.measure_and_enforce(model, self.budgets, record, float32_precheck=float32)
+        args, kwargs = _resized(model, args, kwargs)
         history = model.fit(*args, shuffle=False, verbose=2 if verbose else 0, **kwargs)  # the pipeline shuffles
         record.update(epochs=kwargs.get("initial_epoch", 0) + len(history.epoch),  # Hyperband continues trials
                       val_accuracy=max(history.history.get("val_accuracy", [None])))
@@ -131,3 +133,21 @@ def rebuild(hypermodel, hp, weights):
     model = hypermodel.build(hp)
     model.load_weights(weights)
     return model
+
+
+def _resized(model, args, kwargs):
+    """`fit`'s training and validation batches resized to `model`'s input where it differs from the data's (a
+    proposal's `input_size`), as the data pipeline resizes them (`keras_cnn.data.adapt`)."""
+    from keras_cnn.data import adapt
+
+    shape = tuple(model.input_shape[1:])
+    train = args[0] if args else None
+    if not hasattr(train, "element_spec") or tuple(train.element_spec[0].shape[1:]) == shape:
+        return args, kwargs
+
+    def resize(images, labels):
+        return adapt(images, shape), labels
+
+    if kwargs.get("validation_data") is not None:
+        kwargs = {**kwargs, "validation_data": kwargs["validation_data"].map(resize)}
+    return (train.map(resize), *args[1:]), kwargs

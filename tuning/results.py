@@ -154,7 +154,7 @@ def _retrain(run_dir, proposal, data, data_options, epochs, settings, verbose):
                           recipe=proposal.recipe, learning_rate=proposal.learning_rate, precision="float32",
                           weights=proposal.weights,
                           seed=settings["seed"], out=run_dir, resume=bool(config), data_options=data_options,
-                          input_shape=data.image_shape, verbose=2 if verbose else 0,
+                          input_shape=proposal.input_shape(data.image_shape), verbose=2 if verbose else 0,
                           **proposal.overrides)
     return run.model, run.metrics.accuracy
 

@@ -34,6 +34,20 @@ class Shipping:
     y: np.ndarray
     calibration: np.ndarray = None
 
+    def images_for(self, shape):
+        """The validation and calibration images adapted to `shape`, a model's input that can differ from the
+        data's (a transfer proposal's `input_size`), as the data pipeline adapts them."""
+        if tuple(self.x.shape[1:]) == tuple(shape):
+            return self.x, self.calibration
+        import tensorflow as tf
+
+        from keras_cnn.data import adapt
+
+        def resize(images):  # to the size of `shape`, keeping the images' channels (calibration's are RGB)
+            return None if images is None else adapt(tf.constant(images), (*shape[:2], images.shape[-1])).numpy()
+
+        return adapt(tf.constant(self.x), shape).numpy(), resize(self.calibration)
+
     @property
     def threads(self):
         """How the latency is timed: LiteRT's interpreter with its default thread count, on this many CPUs."""
@@ -69,10 +83,11 @@ def measure(model, shipping):
     from keras_cnn.tflite_export import mobile_model
     from keras_cnn.verification import TestSet, measure as measure_artifact, rgb_expected
 
-    model_bytes = tflite_bytes(model, shipping.variant, shipping.calibration, class_names=shipping.class_names)
+    x, calibration = shipping.images_for(tuple(model.input_shape[1:]))
+    model_bytes = tflite_bytes(model, shipping.variant, calibration, class_names=shipping.class_names)
     gray = model.input_shape[-1] == 1
-    test = TestSet(shipping.x, shipping.y, keras_artifact(model).probabilities(shipping.x), shipping.latency_runs,
-                   rgb_expected(mobile_model(inference_model(model)), shipping.x) if gray else None)
+    test = TestSet(x, shipping.y, keras_artifact(model).probabilities(x), shipping.latency_runs,
+                   rgb_expected(mobile_model(inference_model(model)), x) if gray else None)
     with tempfile.TemporaryDirectory(prefix=".ship-") as folder:
         path = os.path.join(folder, f"{model.name}_{shipping.variant}.tflite")
         with open(path, "wb") as handle:

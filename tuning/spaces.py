@@ -25,7 +25,8 @@ from keras_cnn.recipes import RECIPES
 @dataclasses.dataclass(frozen=True)
 class Proposal:
     """One configuration: `keras_cnn.build(model, weights=weights, **overrides)`, trained with `recipe` at
-    `learning_rate`; a transfer model with its top `unfreeze` backbone blocks trainable (0: frozen)."""
+    `learning_rate`; a transfer model with its top `unfreeze` backbone blocks trainable (0: frozen), at inputs
+    of `input_size` x `input_size` (None: the data's size), to which the search resizes the images."""
 
     model: str
     overrides: dict
@@ -33,6 +34,12 @@ class Proposal:
     learning_rate: float = None  # None: the recipe's default
     weights: str = None  # `keras_cnn.build`'s: "imagenet" or a file for a transfer model's backbone
     unfreeze: int = 0
+    input_size: int = None
+
+    def input_shape(self, data_shape):
+        """The model's input for images of `data_shape`: theirs, or `input_size` square with their channels."""
+        size = self.input_size
+        return tuple(data_shape) if size is None else (size, size, data_shape[-1])
 
 
 MAX_STAGES = 4  # 32x32 inputs keep 2x2 after four pooled stages; 8x8 digits collapse at four
@@ -108,12 +115,14 @@ def fast(hp):
 
 
 TRANSFER_BACKBONES = ("mobilenetv3small", "mobilenetv2", "efficientnetb0", "resnet50v2", "resnet50")
+TRANSFER_INPUT_SIZES = (96, 128, 160, 224)  # the sides keras.applications ships MobileNet weights for
 
 
 def transfer(hp):
     """The transfer family with ImageNet weights: the backbone (of the `*_transfer` models with ImageNet weights),
-    its width (alpha) where it has some, how many of its top blocks train (0: frozen), the head's dense layer and
-    dropout, and Adam's learning rate (lower when blocks are unfrozen, as fine-tuning wants)."""
+    its width (alpha) where it has some, the input size the images are resized to, how many of its top blocks
+    train (0: frozen), the head's dense layer and dropout, and Adam's learning rate (lower when blocks are
+    unfrozen, as fine-tuning wants)."""
     from keras_cnn.models.backbones import BACKBONES
 
     backbone = hp.Choice("backbone", list(TRANSFER_BACKBONES))
@@ -124,6 +133,7 @@ def transfer(hp):
                 width = hp.Choice(f"width_{name}", list(BACKBONES[name].widths), default=1.0)
                 if name == backbone:
                     overrides["width"] = width
+    input_size = hp.Choice("input_size", list(TRANSFER_INPUT_SIZES), default=TRANSFER_INPUT_SIZES[0])
     unfreeze = hp.Choice("unfreeze", [0, 1, 2, 4])
     dense = hp.Choice("dense", [0, 128])
     overrides.update(dense=[dense] if dense else [], dropout=_dropout(hp, default=0.2), **_augment(hp))
@@ -132,7 +142,7 @@ def transfer(hp):
     with hp.conditional_scope("unfreeze", [1, 2, 4]):
         tuned_lr = hp.Float("fine_tune_lr", 1e-5, 1e-3, sampling="log", default=1e-4)
     return Proposal(f"{backbone}_transfer", overrides, "adam", tuned_lr if unfreeze else frozen_lr,
-                    weights="imagenet", unfreeze=unfreeze)
+                    weights="imagenet", unfreeze=unfreeze, input_size=input_size)
 
 
 def _dropout(hp, default):
