@@ -146,6 +146,22 @@ def test_batchnorm_options_dirac_and_head_scale():
     assert reloaded.get_layer("stage1_bn1").scale is False
 
 
+def test_a_dirac_model_loads_in_a_new_process(tmp_path):
+    """The saved config names `keras_cnn>Dirac`: `keras_cnn.io.load_model` registers it before loading."""
+    import subprocess
+    import sys
+
+    from keras_cnn import io
+
+    path = str(tmp_path / "dirac.keras")
+    model = keras_cnn.build("airbench", input_shape=(16, 16, 3), width=0.125, kernel_initializer="dirac")
+    io.save_model(model, path)
+    code = f"from keras_cnn import io; print(io.load_model({path!r}).get_layer('stage1_conv1').kernel.numpy().sum())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-500:]
+    assert float(result.stdout.split()[-1]) == pytest.approx(float(model.get_layer("stage1_conv1").kernel.numpy().sum()))
+
+
 def test_dirac_keeps_extra_filters_random():
     from keras_cnn.initializers import Dirac
 
