@@ -27,9 +27,9 @@ WARMUP_FRACTION = 0.02  # of all steps, for the sgd recipe
 TRAIN_DEFAULTS = {"epochs": 30, "batch_size": 128, "label_smoothing": 0.0, "tta": None, "ema": None}
 RECIPE_DEFAULTS = {"airbench": {"epochs": 9.9, "batch_size": 1024, "label_smoothing": 0.2, "tta": "flip+translate",
                                 "ema": 0.95}}
-MODEL_OPTIONS = {"airbench": {"stem_init": "whitening", "kernel_initializer": "dirac", "bn_scale": False,
-                              "bn_momentum": 0.6, "bn_epsilon": 1e-12, "head": "gmp", "head_scale": 1 / 9,
-                              "augment": "flip_translate"}}
+MODEL_OPTIONS = {"airbench": {"activation": "gelu", "stem_init": "whitening", "kernel_initializer": "dirac",
+                              "bn_scale": False, "bn_momentum": 0.6, "bn_epsilon": 1e-12, "head": "gmp",
+                              "head_scale": 1 / 9, "augment": "flip_translate"}}
 AIRBENCH = {"momentum": 0.85, "weight_decay": 0.0153, "bias_scaler": 64.0, "warmup": 0.23, "start": 0.2,
             "end": 0.07, "lookahead_every": 5}
 # Every call from Keras into TensorFlow has a fixed cost (Python, callbacks, starting the graph): on a

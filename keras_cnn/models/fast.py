@@ -15,7 +15,8 @@ airbench94's own network options are here too, and `--recipe airbench` turns the
 training images, `keras_cnn.initializers.whitening_filters`, 8 filters per input channel), identity-initialised
 convolutions (`kernel_initializer="dirac"`), batch norm without a learned scale and with momentum 0.6
 (`bn_scale`, `bn_momentum`, `bn_epsilon`), and a global max-pool head with logits scaled by 1/9 (`head="gmp"`,
-`head_scale`; airbench pools a 3x3 window of the final 4x4 map). ReLU stays (`activation="gelu"` is airbench's).
+`head_scale`; airbench pools a 3x3 window of the final 4x4 map), and airbench's GELU. The model's own default
+stays ReLU, the faster step.
 """
 from keras_cnn import options
 from keras_cnn.registry import Spec, register_model
