@@ -9,9 +9,9 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu")
 HEADS = ("flatten", "gap", "gmp")
 DOWNSAMPLES = ("maxpool", "avgpool", "stride")
 PADDINGS = ("valid", "same")
-AUGMENT_PRESETS = ("none", "basic", "strong", "cutout")  # the general presets (the tuning space draws from these)
-# airbench's flips and translations, and Keras's RandAugment and AugMix (`keras_cnn.augment`)
-MORE_AUGMENT_PRESETS = ("flip_translate", "randaugment", "augmix")
+# the general presets, Keras's RandAugment and AugMix among them (the tuning spaces draw from these)
+AUGMENT_PRESETS = ("none", "basic", "strong", "cutout", "randaugment", "augmix")
+MORE_AUGMENT_PRESETS = ("flip_translate",)  # airbench's alternating flips and translations (`keras_cnn.augment`)
 ALL_AUGMENT_PRESETS = AUGMENT_PRESETS + MORE_AUGMENT_PRESETS
 TTA_LEVELS = ("none", "flip", "flip+translate")  # test-time augmentation (`keras_cnn.evaluation`)
 KERNEL_INITIALIZERS = ("he_normal", "glorot_uniform", "dirac")  # dirac: `keras_cnn.initializers.Dirac`

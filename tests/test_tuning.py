@@ -74,6 +74,18 @@ def test_the_hypermodel_builds_the_zoo_model_the_space_names():
     assert isinstance(model.optimizer, keras_cnn.optimizers.TorchSGD)  # the training recipes, not a copy
 
 
+@pytest.mark.parametrize("preset, layer", [("randaugment", keras.layers.RandAugment), ("augmix", keras.layers.AugMix)])
+def test_the_spaces_search_keras_randaugment_and_augmix(preset, layer):
+    for space in (spaces.cnn, spaces.resnet, spaces.fast):
+        hp = keras_tuner.HyperParameters()
+        space(hp)
+        assert preset in hp._hps["augment"][0].values, space.__name__
+    hp = keras_tuner.HyperParameters()
+    hp.values.update(augment=preset, flip=False)
+    model = hypermodel(spaces.cnn).build(hp)
+    assert any(isinstance(sub, layer) for sub in model.get_layer("augment").layers)
+
+
 def test_a_collapsing_configuration_fails_its_trial_before_anything_is_built(monkeypatch):
     hp = keras_tuner.HyperParameters()
     spaces.cnn(hp)
