@@ -141,18 +141,18 @@ def keras_throughput(model, data, epochs=3, batch_size=128, **options):
     return steps * batch_size / statistics.median(timer.seconds[1:]), run
 
 
-def _fresh_keras_throughput(model, count, batch_size, precision):
-    speed, run = keras_throughput(model, random_data(count), batch_size=batch_size, precision=precision)
+def _fresh_keras_throughput(model, count, batch_size, precision, options):
+    speed, run = keras_throughput(model, random_data(count), batch_size=batch_size, precision=precision, **options)
     return speed, run.config["precision"]
 
 
-def fresh_keras_throughput(model, count, batch_size, precision):
+def fresh_keras_throughput(model, count, batch_size, precision, options=None):
     """keras_throughput on `count` random images in a new process, as the peer runs: in one long process,
     each further keras_cnn.train of the same model ran slower (`small`: 5,751, 5,495, 5,302 img/s)."""
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_fresh_keras_throughput, (model, count, batch_size, precision))
+        return pool.apply(_fresh_keras_throughput, (model, count, batch_size, precision, options or {}))
 
 
 # PyTorch's CPU allocator hands each large activation back to glibc, which returns it to the OS (mmap) and
@@ -161,6 +161,10 @@ def fresh_keras_throughput(model, count, batch_size, precision):
 PEER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 30),
                "MALLOC_TOP_PAD_": str(1 << 30)}
 
+
+# torch_reference.py's airbench is airbench94's network (GELU, a max-pool head scaled by 1/9): ours is built the
+# same way beside it.
+PEER_NETWORK = {"airbench": {"activation": "gelu", "head": "gmp", "head_scale": 1 / 9}}
 
 # The peer's paths: name -> torch_reference.py flags. `bench.py train` compares against the fastest.
 PEER_PATHS = {"fp32": [], "bf16": ["--bf16"], "fp32_compiled": ["--compile"], "bf16_compiled": ["--bf16", "--compile"]}
@@ -188,7 +192,7 @@ def train(args):
         samples = {"keras": [], **{f"peer_{path}": [] for path in (args.peer_paths if args.peer else ())}}
         for repeat in range(args.repeats):  # interleaved, so both see the same machine
             speed, precision = fresh_keras_throughput(name, args.batch_size * args.steps, args.batch_size,
-                                                      args.precision)
+                                                      args.precision, PEER_NETWORK.get(name) if args.peer else None)
             samples["keras"].append(speed)
             for path in args.peer_paths if args.peer else ():
                 samples[f"peer_{path}"].append(peer_throughput(args.peer, name, args.batch_size, args.steps, path))
