@@ -116,7 +116,8 @@ def load_model(path):
     """Load a `.keras` file with `safe_mode=True` (no arbitrary code), explaining failures in one line."""
     import keras
 
-    import keras_cnn.augment  # noqa: F401  registers the custom layers, initialisers and optimizer
+    # importing these registers the custom layers, initialisers and optimizer that saved configs name
+    import keras_cnn.augment  # noqa: F401
     import keras_cnn.initializers  # noqa: F401
     import keras_cnn.layers  # noqa: F401
     import keras_cnn.optimizers  # noqa: F401

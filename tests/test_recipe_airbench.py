@@ -159,7 +159,8 @@ def test_a_dirac_model_loads_in_a_new_process(tmp_path):
     code = f"from keras_cnn import io; print(io.load_model({path!r}).get_layer('stage1_conv1').kernel.numpy().sum())"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-500:]
-    assert float(result.stdout.split()[-1]) == pytest.approx(float(model.get_layer("stage1_conv1").kernel.numpy().sum()))
+    expected = float(model.get_layer("stage1_conv1").kernel.numpy().sum())
+    assert float(result.stdout.split()[-1]) == pytest.approx(expected)
 
 
 def test_dirac_keeps_extra_filters_random():

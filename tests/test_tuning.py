@@ -79,7 +79,8 @@ def test_the_spaces_search_keras_randaugment_and_augmix(preset, layer):
     for space in (spaces.cnn, spaces.resnet, spaces.fast):
         hp = keras_tuner.HyperParameters()
         space(hp)
-        assert preset in hp._hps["augment"][0].values, space.__name__
+        augment = next(parameter for parameter in hp.space if parameter.name == "augment")
+        assert preset in augment.values, space.__name__
     hp = keras_tuner.HyperParameters()
     hp.values.update(augment=preset, flip=False)
     model = hypermodel(spaces.cnn).build(hp)
