@@ -7,6 +7,7 @@ mean something next to each other, so the peer runs in the same process tree, in
 results are quoted as ratios. Not unit tests.
 
     python benchmarks/bench.py peak                                  # matmul GFLOP/s: the ceiling
+    python benchmarks/bench.py activation --model airbench           # GELU: Keras's against keras_cnn's
     python benchmarks/bench.py train --models small deeper --peer ../shared/bench/torch_reference.py
     python benchmarks/bench.py infer --model small                   # Keras, SavedModel, every TFLite variant
     python benchmarks/bench.py memory --model deeper --epochs 6      # RSS after each epoch
@@ -101,6 +102,46 @@ def matmul_gflops(size=2048, dtype="float32", seconds=2.0):
 def peak(args):
     rows = [(dtype, f"{matmul_gflops(dtype=dtype):.1f}") for dtype in ("float32", "bfloat16")]
     report(args, "Matmul 2048x2048, GFLOP/s", ("dtype", "GFLOP/s"), rows)
+
+
+def activation(args):
+    """Forward and backward time of the activation layers alone, over the maps of `args.model`'s activations,
+    each kind interleaved with the others."""
+    import tensorflow as tf
+
+    from keras_cnn.layers import GELU
+    from keras_cnn.precision import resolve_precision
+
+    keras.mixed_precision.set_global_policy(resolve_precision(args.precision))
+    policy = keras.mixed_precision.global_policy()
+    model = keras_cnn.build(args.model, activation="gelu")
+    shapes = [(args.batch_size, *layer.input.shape[1:]) for layer in model.layers if isinstance(layer, GELU)]
+    maps = [tf.cast(tf.random.normal(shape), policy.compute_dtype) for shape in shapes]
+    kinds = {"relu (Keras)": lambda: keras.layers.Activation("relu"),
+             "gelu (Keras)": lambda: keras.layers.Activation("gelu"), "gelu (keras_cnn)": GELU}
+    steps = {name: _activation_step([make() for _ in maps], maps) for name, make in kinds.items()}
+    seconds = {name: [] for name in kinds}
+    for _ in range(args.repeats + 1):  # the first round traces and compiles
+        for name, step in steps.items():
+            start = time.perf_counter()
+            [gradient.numpy() for gradient in step()]
+            seconds[name].append(time.perf_counter() - start)
+    rows = [(name, f"{1000 * statistics.median(times[1:]):.0f}") for name, times in seconds.items()]
+    report(args, f"{args.model}'s {len(maps)} activation maps at batch {args.batch_size} ({policy.name}): forward "
+                 f"+ backward, ms, median of {args.repeats}", ("layer", "ms"), rows, {"shapes": shapes})
+
+
+def _activation_step(layers, maps):
+    """A compiled step: each layer on its map in training, then the gradient of the outputs' sum."""
+    import tensorflow as tf
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(maps)
+            outputs = [tf.reduce_sum(tf.cast(layer(x, training=True), "float32")) for layer, x in zip(layers, maps)]
+        return tape.gradient(tf.add_n(outputs), maps)
+    return step
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -323,6 +364,11 @@ def main(argv=None):
         return sub
 
     command("peak", peak, "matmul GFLOP/s in float32 and bfloat16")
+    sub = command("activation", activation, "forward + backward time of Keras's GELU and keras_cnn's, and ReLU")
+    sub.add_argument("--model", default="airbench")
+    sub.add_argument("--batch-size", type=int, default=1024)
+    sub.add_argument("--repeats", type=int, default=5)
+    sub.add_argument("--precision", default="auto")
     sub = command("train", train, "training images/second beside the PyTorch peer")
     sub.add_argument("--models", nargs="+", default=["small", "deeper"])
     sub.add_argument("--peer", help="path to torch_reference.py (needs torch installed)")

@@ -10,7 +10,7 @@ import keras
 from keras import layers
 
 from keras_cnn.augment import augmentation
-from keras_cnn.layers import Conv2D, FusedBatchNormalization
+from keras_cnn.layers import GELU, Conv2D, FusedBatchNormalization
 
 # PyTorch's BatchNorm2d defaults (momentum 0.1 there = 0.9 here, eps 1e-5): the
 # seeds' recipes were tuned with them, and Keras's 0.99 lags badly in short runs.
@@ -52,6 +52,9 @@ def kernel_initializer(config):
 
 
 def activation(kind, name):
+    """The activation layer: GELU as `keras_cnn.layers.GELU` (Keras's function, trained faster on a CPU)."""
+    if kind == "gelu":
+        return GELU(name=name)
     return layers.Activation(kind, name=name)
 
 

@@ -253,11 +253,14 @@ def test_without_data_float_formats_are_checked_on_random_images(tmp_path):
     assert report.rows[1]["max_abs_diff"] <= 1e-4 and "-" in str(report)
 
 
-def test_convolutions_with_the_strip_gradient_export_like_any_other(tmp_path):
+def test_layers_with_cpu_training_kernels_export_like_any_other(tmp_path):
+    """Convolutions with the strip gradient and the GELU with fused training kernels."""
     from keras_cnn import layers
 
-    model = keras_cnn.build("small", input_shape=SHAPE, width=4.0, num_classes=10)  # stage 2: 4x4 maps, 128 channels
+    model = keras_cnn.build("small", input_shape=SHAPE, width=4.0, num_classes=10,  # stage 2: 4x4 maps, 128 channels
+                            activation="gelu")
     assert any(isinstance(layer, layers.Conv2D) and layer.uses_strips(layer.input.shape) for layer in model.layers)
+    assert any(isinstance(layer, layers.GELU) and layer.uses_fused() for layer in model.layers)
     report = export(model, tmp_path, formats="saved_model,tflite", quantize="float32", class_names=CLASS_NAMES,
                     latency_runs=1, verbose=False)
     rows = {row["artifact"]: row for row in report.rows}

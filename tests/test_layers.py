@@ -1,5 +1,8 @@
-"""keras_cnn.layers: FusedBatchNormalization (Keras's batch-norm numbers, PyTorch's running statistics) and
-Conv2D (Keras's convolution, its kernel gradient on narrow maps computed on strips of images)."""
+"""keras_cnn.layers: FusedBatchNormalization (Keras's batch-norm numbers, PyTorch's running statistics),
+Conv2D (Keras's convolution, its kernel gradient on narrow maps computed on strips of images) and GELU (Keras's
+exact GELU, trained with fused kernels on a CPU)."""
+from unittest import mock
+
 import keras
 import numpy as np
 import pytest
@@ -152,4 +155,73 @@ def test_conv2d_saves_and_loads_as_itself(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert type(loaded.get_layer("conv")) is layers.Conv2D
     x = np.random.default_rng(0).normal(size=(2, 4, 4, 128)).astype("float32")
+    np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)
+
+
+@pytest.fixture
+def fused_gelu_calls(monkeypatch):
+    """Records each use of the fused GELU, so a test sees which path the activation took."""
+    calls, original = [], layers._fused_gelu()
+
+    def spy(x):
+        calls.append(x.shape)
+        return original(x)
+
+    monkeypatch.setattr(layers, "_fused_gelu", lambda: spy)
+    return calls
+
+
+def gelu_and_gradient(x, policy):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layers.GELU(dtype=policy)(x, training=True)
+        loss = tf.reduce_sum(tf.cast(y, "float32") * tf.cos(tf.cast(x, "float32")))
+    return y, tape.gradient(loss, x)
+
+
+@pytest.mark.parametrize("policy, dtype, tolerance", [("float32", "float32", 1e-6),
+                                                      ("mixed_bfloat16", "bfloat16", 1e-2)])
+def test_gelu_trains_with_the_fused_kernels_and_matches_keras(fused_gelu_calls, policy, dtype, tolerance):
+    x = tf.cast(np.linspace(-6, 6, 4001).reshape(1, 1, -1, 1), dtype)
+    x32 = tf.cast(x, "float32")
+    with tf.GradientTape() as tape:
+        tape.watch(x32)
+        expected = keras.activations.gelu(x32, approximate=False)
+        loss = tf.reduce_sum(expected * tf.cos(x32))
+    expected_gradient = tape.gradient(loss, x32)
+    y, gradient = gelu_and_gradient(x, policy)
+    assert fused_gelu_calls == [x.shape] and y.dtype == gradient.dtype == dtype
+    np.testing.assert_allclose(tf.cast(y, "float32"), expected, atol=tolerance)
+    np.testing.assert_allclose(tf.cast(gradient, "float32"), expected_gradient, atol=tolerance * 4)
+
+
+def test_gelu_infers_with_keras_own_function(fused_gelu_calls):
+    x = np.linspace(-3, 3, 61).astype("float32")
+    np.testing.assert_array_equal(layers.GELU()(x), keras.activations.gelu(x, approximate=False))
+    assert fused_gelu_calls == []
+
+
+def test_fused_gelu_only_on_cpu(fused_gelu_calls):
+    """The fused kernels were measured on CPUs only: a GPU placement (mocked) never takes them."""
+    gelu = layers.GELU()
+    assert gelu.uses_fused() and gelu.uses_fused("/job:localhost/replica:0/task:0/device:CPU:0")
+    assert not gelu.uses_fused("/device:GPU:0")
+    with mock.patch("tensorflow.config.list_logical_devices", return_value=["/device:GPU:0"]):
+        assert not gelu.uses_fused()
+        tf.function(lambda x: gelu(x, training=True))(np.ones((2, 3), "float32"))  # traced: no device named
+    assert fused_gelu_calls == []
+
+
+def test_a_gelu_model_fits_through_the_fused_kernels_and_loads_as_itself(fused_gelu_calls, tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, layers.GELU(name="act")(keras.layers.Dense(3)(inputs)))
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    before = model.get_weights()
+    model.fit(x, x[:, :3], epochs=1, verbose=0)
+    assert fused_gelu_calls and any(np.any(b != a) for b, a in zip(before, model.get_weights()))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(loaded.get_layer("act")) is layers.GELU
     np.testing.assert_allclose(loaded(x), model(x), rtol=1e-6)

@@ -11,6 +11,7 @@ import pytest
 
 import keras_cnn
 from keras_cnn import registry
+from keras_cnn.layers import GELU
 
 MODELS = keras_cnn.list_models()
 SMALL = {"resnet18": {"width": 0.125}, "resnet34": {"width": 0.125}, "deeper": {"width": 0.25},
@@ -181,7 +182,7 @@ def test_overrides_do_what_they_say():
     assert "FusedBatchNormalization" in layer_types(keras_cnn.build("small"))
     assert "GlobalAveragePooling2D" in layer_types(keras_cnn.build("small", head="gap"))
     assert keras_cnn.build("small", dropout=0.5).get_layer("head_dropout").rate == 0.5
-    assert keras_cnn.build("small", activation="gelu").get_layer("stage1_act").get_config()["activation"] == "gelu"
+    assert type(keras_cnn.build("small", activation="gelu").get_layer("stage1_act")) is GELU
     assert keras_cnn.build("small", filters=[8, 16]).get_layer("stage2_conv").filters == 16
     assert keras_cnn.build("small", width=0.5).get_layer("stage2_conv").filters == 32
     assert keras_cnn.build("small", kernel_size=5).get_layer("stage1_conv").kernel_size == (5, 5)

@@ -5,18 +5,18 @@ A 2x2 stem conv, then stages of two 3x3 convs where the first is followed by a
 costs a quarter of the work), and a global average pool head. Three stages of
 64/256/256 channels cost 0.24 GFLOPs per 32x32 image forward, a fifth of
 ResNet-18; its time to accuracy on CIFAR-10 is logged in docs/performance.md.
-Measured differences from airbench: ReLU instead of GELU (GELU made a training step
-markedly slower on CPU) and average instead of max pooling in the head (without
-airbench's 1/9 logit scale, the max-pool head diverged at the learning rates used
-here). Flip test-time augmentation is `evaluate(..., tta="flip")`.
+Measured differences from airbench: ReLU instead of GELU by default (the faster step) and
+average instead of max pooling in the head (without airbench's 1/9 logit scale, the max-pool
+head diverged at the learning rates used here). Flip test-time augmentation is
+`evaluate(..., tta="flip")`.
 
 airbench94's own network options are here too, and `--recipe airbench` turns them on
 (`keras_cnn.recipes.MODEL_OPTIONS`): `stem_init="whitening"` (a frozen 2x2 stem computed from the run's
 training images, `keras_cnn.initializers.whitening_filters`, 8 filters per input channel), identity-initialised
 convolutions (`kernel_initializer="dirac"`), batch norm without a learned scale and with momentum 0.6
 (`bn_scale`, `bn_momentum`, `bn_epsilon`), and a global max-pool head with logits scaled by 1/9 (`head="gmp"`,
-`head_scale`; airbench pools a 3x3 window of the final 4x4 map), and airbench's GELU. The model's own default
-stays ReLU, the faster step.
+`head_scale`; airbench pools a 3x3 window of the final 4x4 map), and airbench's GELU (`keras_cnn.layers.GELU`,
+trained with fused kernels on a CPU).
 """
 from keras_cnn import options
 from keras_cnn.registry import Spec, register_model
