@@ -116,7 +116,7 @@ def activation(args):
     policy = keras.mixed_precision.global_policy()
     model = keras_cnn.build(args.model, activation="gelu")
     shapes = [(args.batch_size, *layer.input.shape[1:]) for layer in model.layers if isinstance(layer, GELU)]
-    maps = [tf.cast(tf.random.normal(shape), policy.compute_dtype) for shape in shapes]
+    maps = [tf.Variable(tf.cast(tf.random.normal(shape), policy.compute_dtype)) for shape in shapes]
     kinds = {"relu (Keras)": lambda: keras.layers.Activation("relu"),
              "gelu (Keras)": lambda: keras.layers.Activation("gelu"), "gelu (keras_cnn)": GELU}
     steps = {name: _activation_step([make() for _ in maps], maps) for name, make in kinds.items()}
@@ -138,9 +138,9 @@ def _activation_step(layers, maps):
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            tape.watch(maps)
             outputs = [tf.reduce_sum(tf.cast(layer(x, training=True), "float32")) for layer, x in zip(layers, maps)]
-        return tape.gradient(tf.add_n(outputs), maps)
+            total = tf.add_n(outputs)
+        return tape.gradient(total, maps)
     return step
 
 
