@@ -47,8 +47,18 @@ logger = logging.getLogger("keras_cnn")
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _HEADER_SAMPLE = 256  # files whose size and colour mode are read to pick the folder defaults
-_SHUFFLE_BUFFER = 10_000  # splits are stored in a seeded random order, so a bounded buffer suffices
+# Splits are stored in a seeded random order, and every epoch reshuffles them through a buffer: the whole split
+# where its images fit in _SHUFFLE_BYTES (CIFAR-10's 50,000 take 150 MB), as PyTorch's and airbench's loaders draw
+# a new permutation each epoch; else _SHUFFLE_BUFFER images, a window sliding over the stored order.
+_SHUFFLE_BUFFER = 10_000
+_SHUFFLE_BYTES = 512 * 2**20
 _AUTOTUNE = tf.data.AUTOTUNE
+
+
+def shuffle_buffer(images, image_bytes):
+    """Images in the shuffle buffer of a split of `images` images of `image_bytes` bytes each (None: unknown)."""
+    whole_split_fits = image_bytes is not None and images * image_bytes <= _SHUFFLE_BYTES
+    return images if whole_split_fits else min(images, _SHUFFLE_BUFFER)
 
 
 def _pipeline_options():
@@ -103,7 +113,9 @@ class ImageData:
         if cache:
             ds = ds.cache(cache if isinstance(cache, str) else "")
         if training:
-            buffer = min(self._splits[split].size, _SHUFFLE_BUFFER)
+            image = ds.element_spec[0]
+            values = image.shape.num_elements()
+            buffer = shuffle_buffer(self._splits[split].size, values and values * image.dtype.size)
             ds = ds.shuffle(buffer, seed=self.seed if seed is None else seed, reshuffle_each_iteration=True)
         num_classes = self.num_classes
         ds = ds.batch(batch_size).map(

@@ -9,8 +9,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from keras_cnn import data as data_module
 from keras_cnn import network
-from keras_cnn.data import load_data
+from keras_cnn.data import load_data, shuffle_buffer
 
 
 def _save(path, size=(12, 10), mode="RGB", seed=0):
@@ -120,6 +121,22 @@ def test_training_shuffle_is_seeded_and_reshuffles_each_epoch():
     assert not np.array_equal(first[0], first[1])  # reshuffled each epoch
     assert not np.array_equal(first[0], other[0])
     assert not np.array_equal(first[0], data.arrays("train")[1])  # training=True shuffles at all
+
+
+@pytest.mark.parametrize("split_fits", [True, False])
+def test_a_split_that_fits_is_reshuffled_whole_each_epoch(monkeypatch, split_fits):
+    """Where the split's images fit in memory (CIFAR-10's 50,000 do), any image can open an epoch, as with a new
+    permutation each epoch; otherwise the buffer is a window over the stored order (here 4 images)."""
+    assert shuffle_buffer(50_000, 32 * 32 * 3) == 50_000 and shuffle_buffer(1_281_167, 224 * 224 * 3) == 10_000
+    monkeypatch.setattr(data_module, "_SHUFFLE_BUFFER", 4)
+    monkeypatch.setattr(data_module, "_SHUFFLE_BYTES", 2**20 if split_fits else 0)
+    numbers = np.arange(125, dtype=np.uint8)  # each image's pixels hold its number
+    data = load_data((np.broadcast_to(numbers[:, None, None, None], (125, 2, 2, 1)).copy(), numbers % 2),
+                     val_fraction=0, test_fraction=0.2)
+    stored = list(data.arrays("train")[0][:, 0, 0, 0])
+    first_batch, _ = next(iter(data.pipeline("train", batch_size=8, training=True)))
+    furthest = max(stored.index(image[0, 0, 0]) for image in first_batch.numpy())
+    assert furthest >= 4 + 8 if split_fits else furthest < 4 + 8  # a window of 4 reaches 8 + 4 images deep
 
 
 def test_pipeline_file_cache(tmp_path):
