@@ -52,6 +52,45 @@ class AlternatingFlip(keras.layers.RandomFlip):
 
 
 @keras.saving.register_keras_serializable(package="keras_cnn")
+class RandomShift(keras.layers.Layer):
+    """airbench's translation: each image moved by a whole number of pixels drawn uniformly from
+    [-pixels, pixels] on each axis, the uncovered border filled by reflection about the edge pixel (PyTorch's
+    "reflect" padding, which airbench pads with, and the padding of the `flip+translate` test-time views).
+
+    Keras's `RandomTranslation` draws a continuous shift and rounds it, so the largest shifts come half as
+    often as the others, and its "reflect" fill repeats the edge pixel; TensorFlow's image transform has no
+    fill that skips it. So the image is padded by `pixels` with `ops.pad`'s reflection and moved inside the
+    padding by a whole-pixel transform (nearest neighbour on integer shifts copies pixels exactly).
+    """
+
+    def __init__(self, pixels=2, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.pixels = pixels
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_jit = False  # as RandomTranslation, which uses the same op
+
+    def call(self, images, training=True):
+        if not training or not self.pixels:
+            return images
+        pad = self.pixels
+        padded = ops.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="reflect")
+        batch = ops.shape(images)[0]
+        shifts = keras.random.randint((batch, 2), -pad, pad + 1, seed=self.seed_generator)
+        shifts = ops.cast(shifts, "float32")
+        one, zero = ops.ones((batch, 1)), ops.zeros((batch, 1))
+        transform = ops.concatenate([one, zero, shifts[:, :1], zero, one, shifts[:, 1:], zero, zero], axis=1)
+        moved = ops.image.affine_transform(ops.cast(padded, "float32"), transform, interpolation="nearest")
+        return ops.cast(moved[:, pad:-pad, pad:-pad, :], images.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "pixels": self.pixels, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="keras_cnn")
 class RandomResizedCrop(keras.layers.Layer):
     """torchvision's `RandomResizedCrop`: per image, crop a box of a random
     fraction `scale` of the area and aspect ratio in `ratio` at a random place
@@ -104,7 +143,7 @@ class RandomResizedCrop(keras.layers.Layer):
 
 
 def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed=None, name="augment",
-                 translate=TRANSLATE_PIXELS):
+                 translate=TRANSLATE_PIXELS, dtype=None):
     """The augmentation block for `preset`, or None for "none".
 
     - "basic": torchvision `RandomCrop(32, padding=4)` + `RandomHorizontalFlip()`:
@@ -116,15 +155,15 @@ def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed
       only the brightness and contrast jitter (as torchvision does for grayscale).
     - "cutout": flip + erase one square of half the height and width at a random
       place inside the image, filled with mid-grey (Cutout, DeVries & Taylor 2017).
-    - "flip_translate": airbench's: alternating flips (`AlternatingFlip`) + a whole-pixel shift of up to
-      `translate` pixels per axis, the edge filled by reflection (Keras's "reflect": the edge pixel
-      repeats, where PyTorch's reflect padding skips it).
+    - "flip_translate": airbench's: alternating flips (`AlternatingFlip`) + a whole-pixel shift drawn
+      uniformly from [-translate, translate] per axis, the edge filled by reflection (`RandomShift`).
     - "randaugment", "augmix": Keras's `RandAugment` (2 operations, factor 0.5) and `AugMix` with their
       defaults, after a flip.
 
     `flip=False` drops every flip, for data where a mirror image means
     something else (digits, text). `value_range` is the pixel range the layers
-    see; `seed` (int) makes the draws reproducible.
+    see; `seed` (int) makes the draws reproducible; `dtype` is the layers' dtype
+    policy (default: the global one).
     """
     if preset not in PRESETS:
         raise ValueError(f"Unknown augmentation preset; expected one of {PRESETS}. Received: augment={preset!r}")
@@ -135,7 +174,7 @@ def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed
 
     def add(suffix, layer_class, *args, **kwargs):
         layer_seed = None if seed is None else seed + len(layers)  # distinct streams per layer
-        layers.append(layer_class(*args, seed=layer_seed, name=f"{name}_{suffix}", **kwargs))
+        layers.append(layer_class(*args, seed=layer_seed, name=f"{name}_{suffix}", dtype=dtype, **kwargs))
 
     if preset == "basic":
         add("translate", keras.layers.RandomTranslation, 4 / height, 4 / width,
@@ -153,9 +192,8 @@ def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed
 def _after_flip(add, preset, image_shape, value_range, translate):
     """The layers of `preset` that come after its flip, through `add(suffix, layer_class, *args, **kwargs)`."""
     low, high = value_range
-    if preset == "flip_translate":  # a shift in [-t, t] rounded to whole pixels: at most t pixels
-        add("translate", keras.layers.RandomTranslation, translate / image_shape[0], translate / image_shape[1],
-            fill_mode="reflect", interpolation="nearest")
+    if preset == "flip_translate":
+        add("translate", RandomShift, translate)
     elif preset in ("randaugment", "augmix"):
         layer = keras.layers.RandAugment if preset == "randaugment" else keras.layers.AugMix
         add(preset, layer, value_range=value_range)

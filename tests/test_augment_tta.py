@@ -1,10 +1,12 @@
 """airbench's augmentation and test-time augmentation as general features: translate with reflection, alternating
 flips across epochs, RandAugment / AugMix presets kept out of the export, and the TTA levels."""
+from collections import Counter
+
 import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn.augment import AlternatingFlip, augmentation
+from keras_cnn.augment import AlternatingFlip, RandomShift, augmentation
 
 
 def _unique_pixels(n=64, side=16):
@@ -28,6 +30,19 @@ def test_translate_moves_pixels_by_at_most_n_with_reflection(pixels):
     centre = out[:, pixels:-pixels, pixels:-pixels, 0]
     shifts = {tuple(np.argwhere(x[0, :, :, 0] == image[0, 0])[0] - pixels) for image in centre}
     assert len(shifts) > 4  # per-image shifts
+
+
+def test_shifts_are_uniform_and_padded_as_the_test_time_views():
+    """Every image comes out as one of the (2N + 1)^2 whole-pixel shifts of itself, about equally often, padded
+    by reflection about the edge pixel (NumPy's and PyTorch's "reflect", as the flip+translate views)."""
+    x = _unique_pixels(n=2500)
+    padded = np.pad(x[0], [(2, 2), (2, 2), (0, 0)], mode="reflect")
+    views = {padded[2 + dy:18 + dy, 2 + dx:18 + dx].tobytes(): (dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+    out = np.asarray(RandomShift(2, seed=0)(x, training=True))
+    counts = Counter(views.get(image.tobytes(), "not a shift") for image in out)
+    assert set(counts) == set(views.values())
+    assert 0.6 * 100 < min(counts.values()) and max(counts.values()) < 1.4 * 100  # 100 each if uniform
+    np.testing.assert_array_equal(np.asarray(RandomShift(2)(x, training=False)), x)
 
 
 def test_alternating_flips_mirror_every_image_in_every_other_epoch():

@@ -147,19 +147,24 @@ def test_batchnorm_options_dirac_and_head_scale():
 
 
 def test_a_dirac_model_loads_in_a_new_process(tmp_path):
-    """The saved config names `keras_cnn>Dirac`: `keras_cnn.io.load_model` registers it before loading."""
+    """The saved config names `keras_cnn>Dirac` and airbench's augmentation layers: `keras_cnn.io.load_model`
+    registers them before loading."""
     import subprocess
     import sys
 
     from keras_cnn import io
 
     path = str(tmp_path / "dirac.keras")
-    model = keras_cnn.build("airbench", input_shape=(16, 16, 3), width=0.125, kernel_initializer="dirac")
+    model = keras_cnn.build("airbench", input_shape=(16, 16, 3), width=0.125, kernel_initializer="dirac",
+                            augment="flip_translate")
     io.save_model(model, path)
-    code = f"from keras_cnn import io; print(io.load_model({path!r}).get_layer('stage1_conv1').kernel.numpy().sum())"
+    code = (f"from keras_cnn import io; m = io.load_model({path!r}); "
+            "print(*[type(layer).__name__ for layer in m.get_layer('augment').layers], "
+            "m.get_layer('stage1_conv1').kernel.numpy().sum())")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-500:]
     expected = float(model.get_layer("stage1_conv1").kernel.numpy().sum())
+    assert result.stdout.split()[-3:-1] == ["AlternatingFlip", "RandomShift"]
     assert float(result.stdout.split()[-1]) == pytest.approx(expected)
 
 
