@@ -22,11 +22,12 @@ BN_EPSILON = 1e-5
 NON_DECREASING = frozenset({"relu", "leaky_relu"})
 
 
-def inputs_and_stem(config, *, scale=1.0 / 255):
-    """Input -> `preprocess` (raw pixels to the network's range) -> optional `augment`."""
+def inputs_and_stem(config, *, scale=1.0 / 255, dtype=None):
+    """Input -> `preprocess` (raw pixels to the network's range) -> optional `augment`, in the dtype policy
+    `dtype` (default: the global one)."""
     inputs = keras.Input(shape=config["input_shape"], name="image")
-    x = layers.Rescaling(scale, name="preprocess")(inputs)
-    augment = augmentation(config["augment"], image_shape=config["input_shape"], flip=config["flip"])
+    x = layers.Rescaling(scale, name="preprocess", dtype=dtype)(inputs)
+    augment = augmentation(config["augment"], image_shape=config["input_shape"], flip=config["flip"], dtype=dtype)
     if augment is not None:
         x = augment(x)
     return inputs, x

@@ -209,6 +209,33 @@ def test_whitening_stem_is_computed_from_the_runs_data_frozen_and_saved(tmp_path
     np.testing.assert_allclose(stem.bias.numpy(), bias, rtol=1e-4, atol=1e-4)
 
 
+def test_whitening_stem_sees_float32_pixels_in_mixed_precision():
+    """In mixed bfloat16 the pixels reach the whitening stem in float32: its output matches the float32
+    computation, where bfloat16 pixels and weights are off by far more (the weakest components are amplified)."""
+    import keras
+
+    from keras_cnn.initializers import patches, whitening_filters
+
+    rng = np.random.default_rng(0)
+    smooth = rng.random((64, 12, 12, 3)).cumsum(axis=1).cumsum(axis=2)
+    pixels = np.round(255 * smooth / smooth.max()).astype("float32")
+    kernel, bias = whitening_filters(pixels / 255.0)
+    expected = (patches(pixels / 255.0) @ kernel.reshape(12, 24) + bias).reshape(64, 11, 11, 24)
+    policy = keras.mixed_precision.global_policy()
+    try:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        model = keras_cnn.build("airbench", input_shape=(12, 12, 3), stem_init="whitening", width=0.125)
+        model.get_layer("stem_conv").set_weights([kernel, bias])
+        stem = keras.Model(model.input, model.get_layer("stem_conv").output)
+        assert model.get_layer("stage1_conv1").compute_dtype == "bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    bfloat16 = keras.ops.convert_to_numpy(keras.ops.cast(keras.ops.cast(pixels / 255.0, "bfloat16"), "float32"))
+    rounded = (patches(bfloat16) @ kernel.reshape(12, 24) + bias).reshape(64, 11, 11, 24)
+    error = np.abs(np.asarray(stem(pixels)) - expected).max()
+    assert error < 1e-3 < np.abs(rounded - expected).max()
+
+
 def test_options_without_effect_are_refused():
     with pytest.raises(ValueError, match=r"Received: stem=16"):
         keras_cnn.build("airbench", stem=16, stem_init="whitening")

@@ -15,7 +15,7 @@ airbench94's own network options are here too, and `--recipe airbench` turns the
 training images, `keras_cnn.initializers.whitening_filters`, 8 filters per input channel), identity-initialised
 convolutions (`kernel_initializer="dirac"`), batch norm without a learned scale and with momentum 0.6
 (`bn_scale`, `bn_momentum`, `bn_epsilon`), and a global max-pool head with logits scaled by 1/9 (`head="gmp"`,
-`head_scale`; airbench pools a 3x3 window of the final 4x4 map), and airbench's GELU (`keras_cnn.layers.GELU`,
+`head_scale`; airbench's `MaxPool2d(3)` of its 3x3 final map), and airbench's GELU (`keras_cnn.layers.GELU`,
 trained with fused kernels on a CPU).
 """
 from keras_cnn import options
@@ -96,11 +96,14 @@ def build(config, *, name, **top):
 
     from keras_cnn import blocks
 
-    inputs, x = blocks.inputs_and_stem(config)
     whitening = config["stem_init"] == "whitening"  # frozen; `initialize_from_data` computes it
+    # The whitening stem scales its weakest components up to ~180x: in bfloat16 (8 bits of mantissa, about
+    # one pixel level) their rounding noise is a fifth of their signal, so the pixels reach it in float32.
+    exact = "float32" if whitening else None
+    inputs, x = blocks.inputs_and_stem(config, dtype=exact)
     stem_filters = 8 * config["input_shape"][-1] if whitening else config["stem_filters"]
     x = layers.Conv2D(stem_filters, 2, padding="valid", kernel_initializer=config["stem_init"] if not whitening
-                      else "zeros", trainable=not whitening, name="stem_conv")(x)
+                      else "zeros", trainable=not whitening, dtype=exact, name="stem_conv")(x)
     x = blocks.activation(config["activation"], "stem_act")(x)
     for i, filters in enumerate(config["stage_filters"], start=1):
         x = _stage(x, filters, f"stage{i}", config)
