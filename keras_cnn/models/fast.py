@@ -97,8 +97,9 @@ def build(config, *, name, **top):
     from keras_cnn import blocks
 
     whitening = config["stem_init"] == "whitening"  # frozen; `initialize_from_data` computes it
-    # The whitening stem scales its weakest components up to ~180x: in bfloat16 (8 bits of mantissa, about
-    # one pixel level) their rounding noise is a fifth of their signal, so the pixels reach it in float32.
+    # The whitening stem amplifies its weakest components many times over; bfloat16 pixels (8 bits of mantissa,
+    # about one pixel level) would add rounding noise to them (measured in docs/training.md), so the pixels
+    # reach it in float32.
     exact = "float32" if whitening else None
     inputs, x = blocks.inputs_and_stem(config, dtype=exact)
     stem_filters = 8 * config["input_shape"][-1] if whitening else config["stem_filters"]
