@@ -54,7 +54,7 @@ class AlternatingFlip(keras.layers.RandomFlip):
 @keras.saving.register_keras_serializable(package="keras_cnn")
 class RandomShift(keras.layers.Layer):
     """airbench's translation: each image moved by a whole number of pixels drawn uniformly from
-    [-pixels, pixels] on each axis, the uncovered border filled by reflection about the edge pixel (PyTorch's
+    [-pixels, pixels] on each axis (at most the image's side minus one), the uncovered border filled by reflection about the edge pixel (PyTorch's
     "reflect" padding, which airbench pads with, and the padding of the `flip+translate` test-time views).
 
     Keras's `RandomTranslation` draws a continuous shift and rounds it, so the largest shifts come half as
@@ -71,9 +71,10 @@ class RandomShift(keras.layers.Layer):
         self.supports_jit = False  # as RandomTranslation, which uses the same op
 
     def call(self, images, training=True):
-        if not training or not self.pixels:
+        # reflection needs a border narrower than the image: smaller images shift by less
+        pad = min(self.pixels, images.shape[1] - 1, images.shape[2] - 1)
+        if not training or pad < 1:
             return images
-        pad = self.pixels
         padded = ops.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="reflect")
         batch = ops.shape(images)[0]
         shifts = keras.random.randint((batch, 2), -pad, pad + 1, seed=self.seed_generator)
@@ -177,7 +178,8 @@ def augmentation(preset, *, image_shape, value_range=(0.0, 1.0), flip=True, seed
         layers.append(layer_class(*args, seed=layer_seed, name=f"{name}_{suffix}", dtype=dtype, **kwargs))
 
     if preset == "basic":
-        add("translate", keras.layers.RandomTranslation, 4 / height, 4 / width,
+        # at most the whole image: Keras refuses factors above 1 (images under 4 pixels)
+        add("translate", keras.layers.RandomTranslation, min(1.0, 4 / height), min(1.0, 4 / width),
             fill_mode="constant", fill_value=float(value_range[0]), interpolation="nearest")
     elif preset == "strong":
         add("crop", RandomResizedCrop, scale=(0.6, 1.0))

@@ -45,6 +45,15 @@ def test_shifts_are_uniform_and_padded_as_the_test_time_views():
     np.testing.assert_array_equal(np.asarray(RandomShift(2)(x, training=False)), x)
 
 
+@pytest.mark.parametrize("preset", ["basic", "flip_translate"])
+@pytest.mark.parametrize("side", [1, 2])
+def test_shifting_presets_work_on_images_smaller_than_the_shift(preset, side):
+    """A 1- or 2-pixel image cannot move 4 (or 2) pixels: the shift shrinks to what fits instead of failing."""
+    x = np.random.default_rng(0).random((8, side, side, 3)).astype(np.float32)
+    out = np.asarray(augmentation(preset, image_shape=(side, side, 3), flip=False, seed=0)(x, training=True))
+    assert out.shape == x.shape and np.isin(out, np.append(x, 0.0)).all()
+
+
 def test_alternating_flips_mirror_every_image_in_every_other_epoch():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(64, 8, 8, 3)).astype(np.float32) / 255
