@@ -54,8 +54,9 @@ class AlternatingFlip(keras.layers.RandomFlip):
 @keras.saving.register_keras_serializable(package="keras_cnn")
 class RandomShift(keras.layers.Layer):
     """airbench's translation: each image moved by a whole number of pixels drawn uniformly from
-    [-pixels, pixels] on each axis (at most the image's side minus one), the uncovered border filled by reflection about the edge pixel (PyTorch's
-    "reflect" padding, which airbench pads with, and the padding of the `flip+translate` test-time views).
+    [-pixels, pixels] on each axis (at most the image's side minus one), the uncovered border filled by
+    reflection about the edge pixel (PyTorch's "reflect" padding, which airbench pads with, and the padding of
+    the `flip+translate` test-time views).
 
     Keras's `RandomTranslation` draws a continuous shift and rounds it, so the largest shifts come half as
     often as the others, and its "reflect" fill repeats the edge pixel; TensorFlow's image transform has no
