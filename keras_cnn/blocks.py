@@ -125,7 +125,16 @@ def head(x, config, *, num_classes, classifier_activation, include_top=True, poo
         x = layers.Dropout(config["dropout"], name="head_dropout")(x)
     if config.get("head_scale", 1.0) != 1.0:  # airbench's 1/9: keeps a max-pool head's logits small enough to train
         x = layers.Rescaling(config["head_scale"], name="head_scale")(x)
-    return layers.Dense(num_classes, activation=classifier_activation, dtype="float32", name="predictions")(x)
+    return layers.Dense(num_classes, activation=classifier_activation, use_bias=config.get("head_bias", True),
+                        kernel_initializer=head_initializer(config), dtype="float32", name="predictions")(x)
+
+
+def head_initializer(config):
+    """`predictions`' kernel initialiser: Keras's default, or "unit_uniform" (std 1, as airbench94_muon's head,
+    whose logits `head_scale` then divides by the width)."""
+    if config.get("head_init", "glorot_uniform") == "unit_uniform":
+        return keras.initializers.RandomUniform(-3**0.5, 3**0.5)
+    return "glorot_uniform"
 
 
 def features(x, pooling=None):

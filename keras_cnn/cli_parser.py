@@ -16,26 +16,32 @@ def train_options():
 
     default = {name: parameter.default for name, parameter in inspect.signature(train).parameters.items()}
     general, airbench = recipes.TRAIN_DEFAULTS, recipes.RECIPE_DEFAULTS["airbench"]
+    muon = recipes.RECIPE_DEFAULTS["airbench_muon"]
     return {
         "epochs": (("--epochs",), dict(type=number, help="training epochs; a fraction ends the last one early "
-                                       f"(default: the recipe's, airbench {airbench['epochs']}, else "
+                                       f"(default: the recipe's, airbench {airbench['epochs']}, airbench_muon "
+                                       f"{muon['epochs']}, else "
                                        f"{general['epochs']})")),
         "batch_size": (("--batch-size",), dict(type=int, help=f"batch size (default: the recipe's, airbench "
-                                               f"{airbench['batch_size']}, else {general['batch_size']})")),
+                                               f"{airbench['batch_size']}, airbench_muon {muon['batch_size']}, "
+                                               f"else {general['batch_size']})")),
         "recipe": (("--recipe",), dict(choices=recipes.ALL_RECIPES, help="sgd: seed 003's SGD momentum 0.9, lr 0.1 "
                                        "cosine, L2 5e-4; adam: Adam 1e-3; airbench: airbench94's Nesterov SGD, "
-                                       "label smoothing 0.2, lookahead and network options (docs/training.md) "
+                                       "label smoothing 0.2, lookahead and network options; airbench_muon: airbench94_muon's "
+                                       "Muon for the convolutions, no lookahead, its head (docs/training.md) "
                                        f"(default {default['recipe']})")),
         "learning_rate": (("--lr",), dict(type=float, help="peak learning rate (default: the recipe's; airbench: "
-                                          "per 1,024 examples, 11.5)")),
+                                          "per 1,024 examples, 11.5; airbench_muon: the convolutions', 0.24, the "
+                                          "other rates scale with it)")),
         "label_smoothing": (("--label-smoothing",), dict(type=float, help="label smoothing, e.g. 0.1 (default: the "
-                                                         f"recipe's, airbench {airbench['label_smoothing']}, else "
+                                                         f"recipe's, airbench and airbench_muon "
+                                                         f"{airbench['label_smoothing']}, else "
                                                          f"{general['label_smoothing']})")),
         "ema": (("--ema",), dict(type=float, metavar="MOMENTUM", help="keep a moving average of the weights "
                                  "(e.g. 0.99) and validate, checkpoint and export it (default: the recipe's)")),
         "tta": (("--tta",), dict(choices=options.TTA_LEVELS[1:], help="test-time augmentation of the final test metrics, "
-                                 "which keep the plain figure too (default: the recipe's, airbench "
-                                 f"{airbench['tta']})")),
+                                 "which keep the plain figure too (default: the recipe's, airbench and "
+                                 f"airbench_muon {airbench['tta']})")),
         "precision": (("--precision",), dict(choices=precision.PRECISIONS, help="auto measures what is fastest on "
                                              f"this machine (default {default['precision']})")),
         "mixup": (("--mixup",), dict(type=float, help="MixUp alpha on batches, e.g. 0.2 (default off)")),

@@ -234,3 +234,25 @@ class TemperatureScaling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature}
+
+
+@keras.saving.register_keras_serializable(package="keras_cnn")
+class Offset(keras.layers.Layer):
+    """Adds a learned per-channel offset (zero at the start), kept in the variable dtype.
+
+    airbench94_muon learns the bias of its frozen whitening stem for the first epochs; the stem's kernel and
+    centring bias stay frozen (`keras_cnn.models.fast`), and this offset after them is what learns. Keras has
+    no layer that is only a bias.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
+    def build(self, input_shape):
+        self.offset = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="offset")
+
+    def call(self, inputs):
+        return inputs + keras.ops.cast(self.offset, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

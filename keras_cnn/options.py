@@ -15,6 +15,7 @@ MORE_AUGMENT_PRESETS = ("flip_translate",)  # airbench's alternating flips and t
 ALL_AUGMENT_PRESETS = AUGMENT_PRESETS + MORE_AUGMENT_PRESETS
 TTA_LEVELS = ("none", "flip", "flip+translate")  # test-time augmentation (`keras_cnn.evaluation`)
 KERNEL_INITIALIZERS = ("he_normal", "glorot_uniform", "dirac")  # dirac: `keras_cnn.initializers.Dirac`
+HEAD_INITS = ("glorot_uniform", "unit_uniform")  # of `predictions`; unit_uniform: uniform with std 1 (airbench94_muon)
 POOLINGS = (None, "avg", "max")  # of a model without its top, as keras.applications names them
 STRATEGIES = (None, "mirrored")  # of `keras_cnn.train`: one device, or data-parallel over the local ones
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")  # TFLite variants of `keras_cnn.export`; a search ships one
@@ -151,5 +152,7 @@ COMMON = {
     "bn_momentum": fraction,
     "bn_epsilon": positive_float,
     "head_scale": positive_float,
+    "head_bias": boolean,
+    "head_init": choice(HEAD_INITS),
     "kernel_initializer": choice(KERNEL_INITIALIZERS),
 }

@@ -16,22 +16,37 @@ weights every 5 steps, its momentum ramped up as airbench's). Its defaults (`REC
 airbench's: 9.9 epochs of batch 1,024 and `flip+translate` test-time augmentation; `MODEL_OPTIONS` are the
 network options that go with it where a model has them (the `airbench` model has them all).
 
+`airbench_muon` is airbench94_muon's recipe: Muon (`keras_cnn.optimizers.Muon`) for the convolution kernels at
+0.24 and Nesterov SGD for the other weights, all decaying linearly to zero, no lookahead, 10 epochs of batch
+2,000, and airbench's network with a bias-free unit-std head scaled by 1/256 and a learned stem offset.
+
 Keras is imported when a function runs, so the command line can read RECIPES without loading it.
 """
 RECIPES = ("sgd", "adam")  # the general-purpose recipes (the tuning space draws from these)
-SPEED_RECIPES = ("airbench",)  # recipes tuned for one network and data set (their lr means something else)
+# recipes tuned for one network and data set (their lr means something else)
+SPEED_RECIPES = ("airbench", "airbench_muon")
 ALL_RECIPES = RECIPES + SPEED_RECIPES
-DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "airbench": 11.5}  # airbench: per 1,024 examples
+# airbench: per 1,024 examples; airbench_muon: the convolution kernels' (the other weights' scale with it)
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "airbench": 11.5, "airbench_muon": 0.24}
 WARMUP_FRACTION = 0.02  # of all steps, for the sgd recipe
 # `train` arguments a recipe sets when the caller leaves them unset (None); the general ones otherwise.
 TRAIN_DEFAULTS = {"epochs": 30, "batch_size": 128, "label_smoothing": 0.0, "tta": None, "ema": None}
 RECIPE_DEFAULTS = {"airbench": {"epochs": 9.9, "batch_size": 1024, "label_smoothing": 0.2, "tta": "flip+translate",
-                                "ema": 0.95}}
+                                "ema": 0.95},
+                   "airbench_muon": {"epochs": 10, "batch_size": 2000, "label_smoothing": 0.2,
+                                     "tta": "flip+translate"}}
 MODEL_OPTIONS = {"airbench": {"activation": "gelu", "stem_init": "whitening", "kernel_initializer": "dirac",
                               "bn_scale": False, "bn_momentum": 0.6, "bn_epsilon": 1e-12, "head": "gmp",
                               "head_scale": 1 / 9, "augment": "flip_translate"}}
+# airbench94_muon's head: no bias, a unit-std kernel and logits divided by the width (256); the whitening
+# stem's offset learns for the first epochs.
+MODEL_OPTIONS["airbench_muon"] = {**MODEL_OPTIONS["airbench"], "head_scale": 1 / 256, "head_bias": False,
+                                  "head_init": "unit_uniform", "stem_offset": True}
 AIRBENCH = {"momentum": 0.85, "weight_decay": 0.0153, "bias_scaler": 64.0, "warmup": 0.23, "start": 0.2,
             "end": 0.07, "lookahead_every": 5}
+# airbench94_muon's rates for the weights SGD trains, per example of its summed loss, and its weight decay
+# per example; the stem offset learns for the first 30% of the steps (3 of 10 epochs).
+AIRBENCH_MUON = {"offset_rate": 0.053, "head_rate": 0.67, "weight_decay": 2e-6, "stem_offset_fraction": 0.3}
 # Every call from Keras into TensorFlow has a fixed cost (Python, callbacks, starting the graph): on a
 # 2-core CPU a batch-2 step took 7.0 ms with one step per call and 5.4 with 32. Several steps per call
 # made `small` at batch 128 5-11% faster; `deeper`, 12x the work a step, gained nothing measurable.
@@ -68,6 +83,8 @@ def optimizer(recipe, *, total_steps, learning_rate=None, batch_size=128, ema=No
         return keras.optimizers.Adam(peak, **averaging)
     if recipe == "airbench":
         return _airbench_optimizer(peak, total_steps, batch_size, averaging)
+    if recipe == "airbench_muon":
+        return _airbench_muon_optimizer(peak, total_steps, batch_size, averaging)
     warmup = int(total_steps * WARMUP_FRACTION)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else peak,
@@ -95,6 +112,22 @@ def _airbench_optimizer(rate_per_1024, total_steps, batch_size, averaging):
     lookahead = {"ema_overwrite_frequency": AIRBENCH["lookahead_every"], "ema_ramp_steps": total_steps}
     return TorchSGD(schedule, momentum=AIRBENCH["momentum"], l2=l2, nesterov=True,
                     bias_lr_scale=AIRBENCH["bias_scaler"], **(dict(averaging, **lookahead) if averaging else {}))
+
+
+def _airbench_muon_optimizer(kernel_rate, total_steps, batch_size, averaging):
+    import keras
+
+    from keras_cnn.optimizers import Muon
+
+    schedule = keras.optimizers.schedules.PolynomialDecay(kernel_rate, max(1, total_steps), end_learning_rate=0.0)
+    # airbench sums the loss over the batch: its rate r on the batch mean is r * batch_size, with L2
+    # weight_decay / r, relative to the kernels' rate (`--lr` scales all of them together).
+    rates = {"other": AIRBENCH_MUON["offset_rate"], "stem_offset": AIRBENCH_MUON["offset_rate"],
+             "predictions": AIRBENCH_MUON["head_rate"]}
+    scales = {role: rate * batch_size / DEFAULT_LR["airbench_muon"] for role, rate in rates.items()}
+    l2 = {role: AIRBENCH_MUON["weight_decay"] / rate for role, rate in rates.items()}
+    stem_offset_steps = max(1, round(total_steps * AIRBENCH_MUON["stem_offset_fraction"]))
+    return Muon(schedule, rate_scales=scales, l2=l2, stem_offset_steps=stem_offset_steps, **averaging)
 
 
 def steps_per_execution(model, batch_size):

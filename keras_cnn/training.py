@@ -57,11 +57,12 @@ def train(model, data="digits", *, epochs=None, batch_size=None, recipe="sgd", l
         model: a name from `keras_cnn.list_models()`, or a `keras.Model` taking raw pixels [0, 255].
         data: a data spec ("digits", "tfds:mnist", "folder:PATH", (x, y)) or an `ImageData`.
         epochs, batch_size: the training length (a fraction, e.g. 9.9, ends the last epoch early) and batch
-            size; None: the recipe's (airbench: 9.9 and 1024), else 30 and 128.
-        recipe: "sgd" (seed 003: momentum 0.9, lr 0.1 cosine, coupled L2 5e-4), "adam" (1e-3) or "airbench"
+            size; None: the recipe's (airbench: 9.9 and 1024, airbench_muon 10 and 2000), else 30 and 128.
+        recipe: "sgd" (seed 003: momentum 0.9, lr 0.1 cosine, coupled L2 5e-4), "adam" (1e-3), "airbench"
             (airbench94's Nesterov SGD, label smoothing, lookahead; its network options where the model has
-            them: `keras_cnn.recipes`).
-        learning_rate: overrides the recipe's (peak) learning rate (airbench: per 1,024 examples).
+            them: `keras_cnn.recipes`) or "airbench_muon" (airbench94_muon's Muon, `keras_cnn.optimizers.Muon`).
+        learning_rate: overrides the recipe's (peak) learning rate (airbench: per 1,024 examples; airbench_muon:
+            the convolutions', the other weights' scale with it).
         label_smoothing: for the cross-entropy loss (None: the recipe's, airbench 0.2, else 0).
         ema: momentum of a moving average of the weights (e.g. 0.99; Keras's `use_ema`), which validation,
             the checkpoint, the test metrics and export then use; None: the recipe's (airbench: lookahead).

@@ -131,6 +131,9 @@ def alternatives(name):
         "bn_momentum": 0.5,
         "bn_epsilon": 1e-3,
         "head_scale": 0.5,
+        "head_bias": not config.get("head_bias", True),
+        "head_init": "unit_uniform",
+        "stem_offset": True,
         "kernel_initializer": "dirac",
         "stem_init": "whitening",
     }
@@ -140,7 +143,8 @@ def alternatives(name):
 
 
 # Options that act only together with another one: the partner that makes them matter.
-PARTNERS = {"flip": {"augment": "basic"}, "dense_activation": {"dense": [16]}, "bn_after_activation": {"batchnorm": True}}
+PARTNERS = {"flip": {"augment": "basic"}, "dense_activation": {"dense": [16]}, "bn_after_activation": {"batchnorm": True},
+            "stem_offset": {"stem_init": "whitening"}}
 
 
 @functools.cache

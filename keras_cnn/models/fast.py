@@ -16,7 +16,8 @@ training images, `keras_cnn.initializers.whitening_filters`, 8 filters per input
 convolutions (`kernel_initializer="dirac"`), batch norm without a learned scale and with momentum 0.6
 (`bn_scale`, `bn_momentum`, `bn_epsilon`), and a global max-pool head with logits scaled by 1/9 (`head="gmp"`,
 `head_scale`; airbench's `MaxPool2d(3)` of its 3x3 final map), and airbench's GELU (`keras_cnn.layers.GELU`,
-trained with fused kernels on a CPU).
+trained with fused kernels on a CPU). `--recipe airbench_muon` adds airbench94_muon's: a learned offset after
+the frozen stem (`stem_offset`) and a bias-free head (`head_bias`) with a unit-std kernel (`head_init`).
 """
 from keras_cnn import options
 from keras_cnn.registry import Spec, register_model
@@ -27,6 +28,7 @@ STEM_INITS = ("he_normal", "whitening")
 OPTIONS = {
     "stem": options.positive_int,
     "stem_init": options.choice(STEM_INITS),
+    "stem_offset": options.boolean,
 }
 
 DEFAULTS = {
@@ -48,6 +50,9 @@ DEFAULTS = {
     "bn_momentum": 0.9,
     "bn_epsilon": 1e-5,
     "head_scale": 1.0,
+    "head_bias": True,
+    "head_init": "glorot_uniform",
+    "stem_offset": False,
 }
 
 
@@ -64,6 +69,8 @@ def resolve(config, *, explicit, name):
     config["stem_filters"] = options.scaled((config["stem"],), config["width"])[0]
     options.require(name, explicit, config, "stem", config["stem_init"] != "whitening",
                     "with stem_init='whitening' (its width is 8 filters per input channel)")
+    options.require(name, explicit, config, "stem_offset", config["stem_init"] == "whitening",
+                    "without stem_init='whitening' (a trainable stem learns its own bias)")
     for option in ("bn_scale", "bn_momentum", "bn_epsilon"):
         options.require(name, explicit, config, option, config["batchnorm"], "without batch norm (`batchnorm`)")
     return config
@@ -95,6 +102,7 @@ def build(config, *, name, **top):
     from keras import layers
 
     from keras_cnn import blocks
+    from keras_cnn.layers import Offset
 
     whitening = config["stem_init"] == "whitening"  # frozen; `initialize_from_data` computes it
     # The whitening stem amplifies its weakest components many times over; bfloat16 pixels (8 bits of mantissa,
@@ -105,6 +113,8 @@ def build(config, *, name, **top):
     stem_filters = 8 * config["input_shape"][-1] if whitening else config["stem_filters"]
     x = layers.Conv2D(stem_filters, 2, padding="valid", kernel_initializer=config["stem_init"] if not whitening
                       else "zeros", trainable=not whitening, dtype=exact, name="stem_conv")(x)
+    if config["stem_offset"]:
+        x = Offset(dtype=exact, name="stem_offset")(x)
     x = blocks.activation(config["activation"], "stem_act")(x)
     for i, filters in enumerate(config["stage_filters"], start=1):
         x = _stage(x, filters, f"stage{i}", config)
