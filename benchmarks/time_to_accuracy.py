@@ -151,8 +151,10 @@ def plot(args, report):
     for path, colour in zip(args.results, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
         with open(path) as handle:
             result = json.load(handle)
+        recipe = result["arguments"].get("recipe")
+        who = f"{result['who']}, recipe {recipe}" if recipe else result["who"]
         for i, run in enumerate(result["runs"]):
-            label = f"{result['who']}" if i == 0 else None
+            label = who if i == 0 else None
             epochs = [point["epoch"] for point in run["curve"]]
             accuracy = [100 * point["accuracy"] for point in run["curve"]]
             by_epoch.plot(epochs, accuracy, color=colour, alpha=0.8, marker=".", label=label)
