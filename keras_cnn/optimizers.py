@@ -116,8 +116,8 @@ class Muon(keras.optimizers.Optimizer):
     Every other weight takes `TorchSGD`'s Nesterov step with `sgd_momentum` and coupled L2, at the learning
     rate times `rate_scales[role]` and with L2 `l2[role]`. The role is the weight's layer: "predictions",
     "stem_offset" (`keras_cnn.layers.Offset`, whose rate also falls linearly to zero by `stem_offset_steps`)
-    or "other" (batch-norm offsets and scales, biases). Keras's own `keras.optimizers.Muon` sends rank-4 kernels to AdamW
-    and does not normalise the weights, so it is not airbench's optimizer.
+    or "other" (batch-norm offsets and scales, biases). Keras's own `keras.optimizers.Muon` sends rank-4 kernels to
+    AdamW and does not normalise the weights, so it is not airbench's optimizer.
     """
 
     ROLES = ("predictions", "stem_offset", "other")
@@ -127,7 +127,8 @@ class Muon(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         for argument, given in (("rate_scales", rate_scales), ("l2", l2)):
             if set(given or ()) - set(self.ROLES):
-                raise ValueError(f"`{argument}` takes the roles {', '.join(self.ROLES)}. Received: {argument}={given!r}")
+                raise ValueError(f"`{argument}` takes the roles {', '.join(self.ROLES)}. "
+                                 f"Received: {argument}={given!r}")
         self.momentum = momentum
         self.newton_schulz_steps = newton_schulz_steps
         self.sgd_momentum = sgd_momentum
@@ -144,7 +145,7 @@ class Muon(keras.optimizers.Optimizer):
 
     @staticmethod
     def role(variable):
-        """"kernel" (Muon's: rank 2 or more, not the head's) or the SGD role of `variable` (class docstring)."""
+        """The role of `variable`: "kernel" (Muon's: rank 2 or more, not the head's) or its SGD role."""
         layer = variable.path.split("/")[-2] if "/" in variable.path else ""
         if len(variable.shape) >= 2 and layer != "predictions":
             return "kernel"
