@@ -28,8 +28,8 @@ def train_options():
         "recipe": (("--recipe",), dict(choices=recipes.ALL_RECIPES, help="sgd: seed 003's SGD momentum 0.9, lr 0.1 "
                                        "cosine, L2 5e-4; adam: Adam 1e-3; airbench: airbench94's Nesterov SGD, "
                                        "label smoothing 0.2, lookahead and network options; airbench_muon: "
-                                       "airbench94_muon's Muon for the convolutions, no lookahead, its head "
-                                       "(docs/training.md) "
+                                       "airbench94_muon's Muon for the convolutions, no lookahead, its head; "
+                                       "see docs/training.md "
                                        f"(default {default['recipe']})")),
         "learning_rate": (("--lr",), dict(type=float, help="peak learning rate (default: the recipe's; airbench: "
                                           "per 1,024 examples, 11.5; airbench_muon: the convolutions', 0.24, the "
