@@ -1,6 +1,8 @@
 """Custom layers (registered for `.keras` files; each has `**kwargs` and a `get_config`)."""
 import functools
 import math
+import statistics
+import time
 
 import keras
 
@@ -45,14 +47,17 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
 
 # TensorFlow 2.21's oneDNN (3.7) computes a convolution's weight gradient slowly when the feature map is
-# only a few pixels wide. It wants wide rows (the images stacked vertically instead gained nothing). The
-# same gradient over the batch's images laid side by side in strips ~40 pixels wide, with zero columns
-# between them standing in for the padding, is several times faster, layout change included. It gained at
-# 4x4 and 8x8 with 128+ input channels and lost at 8x8 with 64, hence the thresholds (the measurements are
-# in docs/performance.md).
+# only a few pixels wide. It wants wide rows (the images stacked vertically instead gained nothing): the same
+# gradient over the batch's images laid side by side in strips, with zero columns between them standing in
+# for the padding, is several times faster, layout change included. The best strip width differs between
+# machines (docs/performance.md), so each process times the widths once per shape at first use, as
+# `torch.backends.cudnn.benchmark` does for cuDNN's algorithms. Strips gained at 4x4 and 8x8 with 128+ input
+# channels and lost at 8x8 with 64, hence the thresholds.
 STRIP_MAX_WIDTH = 8
 STRIP_MIN_CHANNELS = 128
-STRIP_WIDTH = 40
+STRIP_WIDTHS = (40, 64, 128)  # pixels per strip, images and gaps included
+TIMING_BATCH = 128  # the batch the widths are timed at when the traced batch size is unknown
+TIMING_ROUNDS = 5
 
 
 @keras.saving.register_keras_serializable(package="keras_cnn")
@@ -62,7 +67,8 @@ class Conv2D(keras.layers.Conv2D):
     Same configuration, weights, forward pass and input gradient as `keras.layers.Conv2D`; only the
     kernel gradient's computation differs, and only for stride-1, undilated, ungrouped "same"
     convolutions on channels-last maps at most `STRIP_MAX_WIDTH` wide with `STRIP_MIN_CHANNELS` or more
-    input channels under TensorFlow (see the comment above `STRIP_MAX_WIDTH`).
+    input channels under TensorFlow (see the comment above `STRIP_MAX_WIDTH`), on strips as wide as
+    `fastest_strip_width` finds best.
     """
 
     def convolution_op(self, inputs, kernel):
@@ -70,9 +76,7 @@ class Conv2D(keras.layers.Conv2D):
             return super().convolution_op(inputs, kernel)
         import tensorflow as tf
 
-        gap = self.kernel_size[1] // 2  # zero columns between images: the padding each side needs
-        per_strip = max(1, STRIP_WIDTH // (inputs.shape[2] + gap))
-        return _strip_gradient_conv(gap, per_strip)(inputs, tf.convert_to_tensor(kernel))
+        return _conv_with_strip_kernel_gradient(inputs, tf.convert_to_tensor(kernel))
 
     def uses_strips(self, input_shape, device=""):
         """Whether the kernel gradient for inputs of `input_shape` (N, H, W, C) is computed on strips: only on a
@@ -82,6 +86,71 @@ class Conv2D(keras.layers.Conv2D):
                 and self.padding == "same" and self.strides == (1, 1) and self.dilation_rate == (1, 1)
                 and self.groups == 1 and None not in (height, width, channels) and width <= STRIP_MAX_WIDTH
                 and channels >= STRIP_MIN_CHANNELS)
+
+
+def _conv_with_strip_kernel_gradient(x, kernel):
+    """conv2d(x, kernel, "SAME") whose kernel gradient is computed on strips of `fastest_strip_width`."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(dy):
+            dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
+                                                strides=[1, 1, 1, 1], padding="SAME")
+            width = fastest_strip_width(tuple(x.shape), tuple(kernel.shape), x.dtype.name)
+            return dx, strip_kernel_gradient(x, dy, kernel.shape, width)
+
+        return tf.nn.conv2d(x, kernel, strides=1, padding="SAME"), grad
+
+    return conv(x, kernel)
+
+
+def strip_kernel_gradient(x, dy, kernel_shape, strip_width):
+    """The kernel gradient of a "same" stride-1 convolution, over strips of the images side by side, each at
+    most `strip_width` pixels wide (at least one image)."""
+    import tensorflow as tf
+
+    gap = kernel_shape[1] // 2  # zero columns between images: the padding each side needs
+    per_strip = max(1, strip_width // (x.shape[2] + gap))
+
+    def strips(t):
+        """(N, H, W, C) -> (ceil(N / per_strip), H, per_strip * (W + gap), C), zero-padded."""
+        _, height, width, channels = t.shape
+        t = tf.pad(t, [[0, -tf.shape(t)[0] % per_strip], [0, 0], [0, gap], [0, 0]])
+        t = tf.reshape(t, (-1, per_strip, height, width + gap, channels))
+        return tf.reshape(tf.transpose(t, (0, 2, 1, 3, 4)), (-1, height, per_strip * (width + gap), channels))
+
+    return tf.raw_ops.Conv2DBackpropFilter(input=strips(x), filter_sizes=list(kernel_shape),
+                                           out_backprop=strips(dy), strides=[1, 1, 1, 1], padding="SAME")
+
+
+@functools.cache
+def fastest_strip_width(input_shape, kernel_shape, dtype):
+    """The fastest of `STRIP_WIDTHS` for these shapes and dtype on this machine: each is timed on random
+    tensors, eagerly (lifted out of any function being traced), once per process."""
+    import tensorflow as tf
+
+    with tf.init_scope():
+        shape = (input_shape[0] or TIMING_BATCH, *input_shape[1:])
+        x = tf.cast(tf.random.normal(shape), dtype)
+        dy = tf.cast(tf.random.normal((*shape[:3], kernel_shape[3])), dtype)
+        functions = {width: tf.function(functools.partial(strip_kernel_gradient, kernel_shape=kernel_shape,
+                                                           strip_width=width)) for width in STRIP_WIDTHS}
+        return fastest({width: lambda f=f: f(x, dy).numpy() for width, f in functions.items()})
+
+
+def fastest(functions, rounds=TIMING_ROUNDS, clock=time.perf_counter):
+    """The key of the callable in `functions` (key -> no-argument callable) with the lowest median time over
+    `rounds` calls, called in turn after one untimed call each (tracing, caches)."""
+    times = {name: [] for name in functions}
+    for function in functions.values():
+        function()
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = clock()
+            function()
+            times[name].append(clock() - start)
+    return min(times, key=lambda name: statistics.median(times[name]))
 
 
 # TensorFlow computes the exact GELU and its gradient as chains of element-wise ops, each one more pass over
@@ -148,31 +217,6 @@ def on_cpu(device=""):
     if device:
         return tf.DeviceSpec.from_string(device).device_type in (None, "CPU")
     return not tf.config.list_logical_devices("GPU")
-
-
-def _strip_gradient_conv(gap, per_strip):
-    """conv2d(x, kernel, "SAME") whose kernel gradient is computed on strips of `per_strip` images."""
-    import tensorflow as tf
-
-    def strips(t):
-        """(N, H, W, C) -> (ceil(N / per_strip), H, per_strip * (W + gap), C), zero-padded."""
-        _, height, width, channels = t.shape
-        t = tf.pad(t, [[0, -tf.shape(t)[0] % per_strip], [0, 0], [0, gap], [0, 0]])
-        t = tf.reshape(t, (-1, per_strip, height, width + gap, channels))
-        return tf.reshape(tf.transpose(t, (0, 2, 1, 3, 4)), (-1, height, per_strip * (width + gap), channels))
-
-    @tf.custom_gradient
-    def conv(x, kernel):
-        def grad(dy):
-            dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
-                                                strides=[1, 1, 1, 1], padding="SAME")
-            dkernel = tf.raw_ops.Conv2DBackpropFilter(input=strips(x), filter_sizes=tf.shape(kernel),
-                                                      out_backprop=strips(dy), strides=[1, 1, 1, 1], padding="SAME")
-            return dx, dkernel
-
-        return tf.nn.conv2d(x, kernel, strides=1, padding="SAME"), grad
-
-    return conv
 
 
 @keras.saving.register_keras_serializable(package="keras_cnn")

@@ -1,6 +1,6 @@
 """keras_cnn.layers: FusedBatchNormalization (Keras's batch-norm numbers, PyTorch's running statistics),
-Conv2D (Keras's convolution, its kernel gradient on narrow maps computed on strips of images) and GELU (Keras's
-exact GELU, trained with fused kernels on a CPU)."""
+Conv2D (Keras's convolution, its kernel gradient on narrow maps computed on strips of images, at the width
+timed fastest) and GELU (Keras's exact GELU, trained with fused kernels on a CPU)."""
 from unittest import mock
 
 import keras
@@ -78,15 +78,18 @@ def test_mixed_precision(dtype):
 
 @pytest.fixture
 def strip_calls(monkeypatch):
-    """Records each use of the strip gradient, so a test sees which path a convolution took."""
-    calls, original = [], layers._strip_gradient_conv
+    """Replaces the timing of the strip widths: `strip_calls.width` is used, `strip_calls.calls` records each
+    choice (input shape, kernel shape, dtype), so a test sees which path a convolution took."""
+    class StripCalls:
+        width = layers.STRIP_WIDTHS[0]
+        calls = []
 
-    def spy(gap, per_strip):
-        calls.append((gap, per_strip))
-        return original(gap, per_strip)
+    def choose(input_shape, kernel_shape, dtype):
+        StripCalls.calls.append((input_shape, kernel_shape, dtype))
+        return StripCalls.width
 
-    monkeypatch.setattr(layers, "_strip_gradient_conv", spy)
-    return calls
+    monkeypatch.setattr(layers, "fastest_strip_width", choose)
+    return StripCalls
 
 
 def conv_pair(shape, kernel_size, filters, **kwargs):
@@ -108,10 +111,12 @@ def output_and_gradients(layer, x, upstream):
     return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
 
 
+@pytest.mark.parametrize("strip_width", layers.STRIP_WIDTHS)
 @pytest.mark.parametrize("width, kernel_size, batch", [(8, 3, 5), (4, 3, 9), (4, 5, 3), (3, 2, 7), (8, 1, 4)])
-def test_strip_kernel_gradient_matches_keras(strip_calls, width, kernel_size, batch):
+def test_strip_kernel_gradient_matches_keras(strip_calls, strip_width, width, kernel_size, batch):
     """Odd and even kernels (1-2 zero columns of padding each side) and batches that leave the last strip
     part empty: output, input gradient, kernel and bias gradients all equal Keras's Conv2D's."""
+    strip_calls.width = strip_width
     rng = np.random.default_rng(width * 10 + kernel_size)
     x = rng.normal(size=(batch, 5, width, layers.STRIP_MIN_CHANNELS)).astype("float32")
     upstream = tf.constant(rng.normal(size=(batch, 5, width, 6)).astype("float32"))
@@ -119,7 +124,7 @@ def test_strip_kernel_gradient_matches_keras(strip_calls, width, kernel_size, ba
     expected = output_and_gradients(plain, x, upstream)
     for got, want in zip(output_and_gradients(ours, x, upstream), expected):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    assert strip_calls == [(kernel_size // 2, layers.STRIP_WIDTH // (width + kernel_size // 2))]
+    assert strip_calls.calls == [(x.shape, (kernel_size, kernel_size, x.shape[-1], 6), "float32")]
 
 
 @pytest.mark.parametrize("options, shape", [
@@ -130,8 +135,54 @@ def test_strip_kernel_gradient_matches_keras(strip_calls, width, kernel_size, ba
 ])
 def test_other_convolutions_are_keras_own(strip_calls, options, shape):
     layer = layers.Conv2D(3, 3, **{"padding": "same", **options})
-    layer(np.zeros(shape, "float32"))
-    assert strip_calls == []
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(np.ones(shape, "float32")))
+    tape.gradient(loss, layer.kernel)
+    assert strip_calls.calls == []
+
+
+def test_fastest_is_the_lowest_median_time():
+    """Not the lowest single time or mean: `fast_median` has one slow outlier, `fast_once` one lucky call.
+    The clock is simulated: each function advances it by its next cost, the first (untimed) call included."""
+    costs = {"fast_once": [0, 1, 1, 9, 9, 9], "fast_median": [0, 3, 3, 3, 3, 30], "slow": [0, 5, 5, 5, 5, 5]}
+    now = [0.0]
+
+    def spend(name):
+        now[0] += costs[name].pop(0)
+
+    functions = {name: lambda name=name: spend(name) for name in costs}
+    assert layers.fastest(functions, rounds=5, clock=lambda: now[0]) == "fast_median"
+    assert all(not left for left in costs.values())
+
+
+def test_strip_widths_are_timed_once_per_shape(monkeypatch):
+    timed = []
+    monkeypatch.setattr(layers, "fastest", lambda functions: timed.append(sorted(functions)) or 64)
+    layers.fastest_strip_width.cache_clear()
+    try:
+        for shape in [(None, 3, 3, 128), (None, 3, 3, 128), (2, 4, 4, 128)]:
+            assert layers.fastest_strip_width(shape, (3, 3, 128, 4), "bfloat16") == 64
+    finally:
+        layers.fastest_strip_width.cache_clear()
+    assert timed == [sorted(layers.STRIP_WIDTHS)] * 2
+
+
+def test_strip_widths_are_timed_and_used_inside_a_traced_step():
+    """The timing runs eagerly while the training step is traced, with the batch size unknown."""
+    layers.fastest_strip_width.cache_clear()
+    conv, plain = conv_pair((None, 3, 3, 128), 3, 4)
+    x = np.random.default_rng(5).normal(size=(6, 3, 3, 128)).astype("float32")
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 3, 3, 128))])
+    def kernel_gradient(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(conv(x) ** 2)
+        return tape.gradient(loss, conv.kernel)
+
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(plain(x) ** 2)
+    np.testing.assert_allclose(kernel_gradient(x), tape.gradient(loss, plain.kernel), rtol=1e-4, atol=1e-3)
+    assert layers.fastest_strip_width.cache_info().currsize == 1
 
 
 def test_strip_gradient_in_mixed_bfloat16(strip_calls):
@@ -144,7 +195,7 @@ def test_strip_gradient_in_mixed_bfloat16(strip_calls):
             loss = tf.reduce_sum(tf.cast(y, "float32") ** 2)
         gradients.append(tape.gradient(loss, layer.kernel))
         assert y.dtype == tf.bfloat16
-    assert strip_calls and gradients[0].dtype == tf.float32
+    assert strip_calls.calls[0][2] == "bfloat16" and gradients[0].dtype == tf.float32
     np.testing.assert_allclose(gradients[0], gradients[1], rtol=0.02, atol=0.02 * float(tf.reduce_max(gradients[1])))
 
 
