@@ -21,7 +21,7 @@ epochs after the first, each as long as a CIFAR-10 epoch (391 steps), so that th
 (checkpoint, backup, log) weighs what it weighs in real training; the peer is `torch_reference.py
 throughput` over as many steps with channels_last on each of its paths, float32 and bf16 autocast, eager and
 `torch.compile` (`--peer-paths`): which is fastest depends on the machine, and the ratio is ours over the
-peer's best. `time-to-accuracy` and `peer-time-to-accuracy` are in time_to_accuracy.py.
+peer's best. Each repeat also records the share of CPU time the hypervisor stole while it ran. `time-to-accuracy` and `peer-time-to-accuracy` are in time_to_accuracy.py.
 """
 import argparse
 import json
@@ -221,6 +221,26 @@ def peer_throughput(peer, model, batch_size=128, steps=40, path="bf16"):
     return json.loads(output.strip().splitlines()[-1])["images_per_second"]
 
 
+def cpu_jiffies():
+    """(stolen, total) CPU time of all cores since boot, from /proc/stat (Linux; (0, 0) elsewhere). Stolen is
+    time the hypervisor gave other guests while this machine wanted to run: on a shared virtual machine it
+    slows whatever runs, whichever framework."""
+    try:
+        with open("/proc/stat") as stat:
+            values = [int(value) for value in stat.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return values[7], sum(values)
+
+
+def with_steal(measure, *args):
+    """`measure(*args)` and the share of CPU time stolen while it ran."""
+    stolen, total = cpu_jiffies()
+    result = measure(*args)
+    stolen_after, total_after = cpu_jiffies()
+    return result, (stolen_after - stolen) / max(1, total_after - total)
+
+
 def train_flops_per_image(model_name, shape=(32, 32, 3)):
     """Forward + backward FLOPs per training image: 3 passes of 2 FLOPs per multiply-accumulate."""
     return 6 * keras_cnn.describe(model_name, input_shape=shape, num_classes=10).total_macs
@@ -231,14 +251,19 @@ def train(args):
     rows, raw = [], {}
     for name in args.models:
         samples = {"keras": [], **{f"peer_{path}": [] for path in (args.peer_paths if args.peer else ())}}
+        steal = {key: [] for key in samples}
         for repeat in range(args.repeats):  # interleaved, so both see the same machine
-            speed, precision = fresh_keras_throughput(name, args.batch_size * args.steps, args.batch_size,
-                                                      args.precision, PEER_NETWORK.get(name) if args.peer else None)
+            (speed, precision), stolen = with_steal(fresh_keras_throughput, name, args.batch_size * args.steps,
+                                                    args.batch_size, args.precision,
+                                                    PEER_NETWORK.get(name) if args.peer else None)
             samples["keras"].append(speed)
+            steal["keras"].append(stolen)
             for path in args.peer_paths if args.peer else ():
-                samples[f"peer_{path}"].append(peer_throughput(args.peer, name, args.batch_size, args.steps, path))
-            print(f"{name} repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in samples.items() if v),
-                  flush=True)
+                speed, stolen = with_steal(peer_throughput, args.peer, name, args.batch_size, args.steps, path)
+                samples[f"peer_{path}"].append(speed)
+                steal[f"peer_{path}"].append(stolen)
+            print(f"{name} repeat {repeat + 1}: " + ", ".join(f"{key} {values[-1]:.0f} (steal {steal[key][-1]:.0%})"
+                                                              for key, values in samples.items()), flush=True)
         ours = statistics.median(samples["keras"])
         gflops = ours * train_flops_per_image(name) / 1e9
         ceiling = ceilings["bfloat16" if "bfloat16" in precision else "float32"]
@@ -248,7 +273,7 @@ def train(args):
             best = max(peers, key=peers.get)
             row += [f"{value:.0f}" for value in peers.values()] + [best[5:], f"{ours / peers[best]:.2f}x"]
         rows.append(row)
-        raw[name] = samples
+        raw[name] = {"images_per_second": samples, "steal": steal}
     header = ["model", "precision", "img/s", "GFLOP/s", "of peak"]
     if args.peer:
         header += [f"peer {path} img/s" for path in args.peer_paths] + ["peer best", "ours / peer best"]
