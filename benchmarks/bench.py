@@ -21,7 +21,8 @@ epochs after the first, each as long as a CIFAR-10 epoch (391 steps), so that th
 (checkpoint, backup, log) weighs what it weighs in real training; the peer is `torch_reference.py
 throughput` over as many steps with channels_last on each of its paths, float32 and bf16 autocast, eager and
 `torch.compile` (`--peer-paths`): which is fastest depends on the machine, and the ratio is ours over the
-peer's best. Each repeat also records the share of CPU time the hypervisor stole while it ran. `time-to-accuracy` and `peer-time-to-accuracy` are in time_to_accuracy.py.
+peer's best. Each repeat also records the share of CPU time the hypervisor stole while it ran.
+`time-to-accuracy` and `peer-time-to-accuracy` are in time_to_accuracy.py.
 """
 import argparse
 import json
