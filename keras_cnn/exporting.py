@@ -326,8 +326,8 @@ def _write_saved_model(model, path):
         fn=lambda image: {OUTPUT_NAME: model(image, training=False)},
         input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name=INPUT_NAME)],
     )
-    # The file serves inference: leaving out the training-only custom gradients (the strip kernel gradients
-    # of `keras_cnn.layers.Conv2D`) spares tracing them, which would time the strip widths for nothing.
+    # The file serves inference: leaving out the training-only custom gradients (the timed kernel gradients
+    # of `keras_cnn.layers.Conv2D`) spares tracing them, which would time the methods for nothing.
     archive.write_out(path, options=tf.saved_model.SaveOptions(experimental_custom_gradients=False), verbose=False)
 
 

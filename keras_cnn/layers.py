@@ -47,49 +47,50 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
 
 # TensorFlow 2.21's oneDNN (3.7) computes a convolution's weight gradient slowly when the feature map is
-# only a few pixels wide. It wants wide rows (the images stacked vertically instead gained nothing): the same
-# gradient over the batch's images laid side by side in strips, with zero columns between them standing in
-# for the padding, is several times faster, layout change included. The best strip width differs between
-# machines (docs/performance.md), so each process times the widths once per shape at first use, as
-# `torch.backends.cudnn.benchmark` does for cuDNN's algorithms. Strips gained at 4x4 and 8x8 with 128+ input
-# channels and lost at 8x8 with 64, hence the thresholds.
-STRIP_MAX_WIDTH = 8
-STRIP_MIN_CHANNELS = 128
+# only a few pixels wide. Two other formulations of the same gradient run on kernels it does well: the batch's
+# images laid side by side in strips, zero columns between them standing in for the padding (wide rows suit
+# its weight-gradient kernel), or one forward convolution with the channels as the batch and `dy` as a kernel
+# the size of the map (its forward kernel). Which is fastest differs between machines and dtypes
+# (docs/performance.md), so each process times them and TensorFlow's own once per shape at first use, as
+# `torch.backends.cudnn.benchmark` does for cuDNN's algorithms. The others gained at 3x3 to 8x8 maps with
+# 128+ input channels and lost at 8x8 with 64, hence the thresholds.
+NARROW_MAX_WIDTH = 8
+NARROW_MIN_CHANNELS = 128
 STRIP_WIDTHS = (40, 64, 128)  # pixels per strip, images and gaps included
-TIMING_BATCH = 128  # the batch the widths are timed at when the traced batch size is unknown
+TIMING_BATCH = 128  # the batch the methods are timed at when the traced batch size is unknown
 TIMING_ROUNDS = 5
 
 
 @keras.saving.register_keras_serializable(package="keras_cnn")
 class Conv2D(keras.layers.Conv2D):
-    """Keras's Conv2D whose kernel gradient on narrow feature maps is computed on strips of images.
+    """Keras's Conv2D whose kernel gradient on narrow feature maps is computed the way timed fastest.
 
     Same configuration, weights, forward pass and input gradient as `keras.layers.Conv2D`; only the
-    kernel gradient's computation differs, and only for stride-1, undilated, ungrouped "same"
-    convolutions on channels-last maps at most `STRIP_MAX_WIDTH` wide with `STRIP_MIN_CHANNELS` or more
-    input channels under TensorFlow (see the comment above `STRIP_MAX_WIDTH`), on strips as wide as
-    `fastest_strip_width` finds best.
+    kernel gradient's computation may differ, and only for stride-1, undilated, ungrouped "same"
+    convolutions on channels-last maps at most `NARROW_MAX_WIDTH` wide with `NARROW_MIN_CHANNELS` or more
+    input channels under TensorFlow (see the comment above `NARROW_MAX_WIDTH`): there it is the one of
+    `KERNEL_GRADIENTS` that `fastest_kernel_gradient` finds best.
     """
 
     def convolution_op(self, inputs, kernel):
-        if not self.uses_strips(inputs.shape, getattr(inputs, "device", "")):
+        if not self.times_kernel_gradient(inputs.shape, getattr(inputs, "device", "")):
             return super().convolution_op(inputs, kernel)
         import tensorflow as tf
 
-        return _conv_with_strip_kernel_gradient(inputs, tf.convert_to_tensor(kernel))
+        return _conv_with_fastest_kernel_gradient(inputs, tf.convert_to_tensor(kernel))
 
-    def uses_strips(self, input_shape, device=""):
-        """Whether the kernel gradient for inputs of `input_shape` (N, H, W, C) is computed on strips: only on a
-        CPU, where it was measured (`on_cpu`)."""
+    def times_kernel_gradient(self, input_shape, device=""):
+        """Whether the kernel gradient for inputs of `input_shape` (N, H, W, C) is computed by the method timed
+        fastest: only on a CPU, where the methods were measured (`on_cpu`)."""
         _, height, width, channels = input_shape
         return (keras.backend.backend() == "tensorflow" and on_cpu(device) and self.data_format == "channels_last"
                 and self.padding == "same" and self.strides == (1, 1) and self.dilation_rate == (1, 1)
-                and self.groups == 1 and None not in (height, width, channels) and width <= STRIP_MAX_WIDTH
-                and channels >= STRIP_MIN_CHANNELS)
+                and self.groups == 1 and None not in (height, width, channels) and width <= NARROW_MAX_WIDTH
+                and channels >= NARROW_MIN_CHANNELS)
 
 
-def _conv_with_strip_kernel_gradient(x, kernel):
-    """conv2d(x, kernel, "SAME") whose kernel gradient is computed on strips of `fastest_strip_width`."""
+def _conv_with_fastest_kernel_gradient(x, kernel):
+    """conv2d(x, kernel, "SAME") whose kernel gradient is computed by `fastest_kernel_gradient`'s method."""
     import tensorflow as tf
 
     @tf.custom_gradient
@@ -97,12 +98,20 @@ def _conv_with_strip_kernel_gradient(x, kernel):
         def grad(dy):
             dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
                                                 strides=[1, 1, 1, 1], padding="SAME")
-            width = fastest_strip_width(tuple(x.shape), tuple(kernel.shape), x.dtype.name)
-            return dx, strip_kernel_gradient(x, dy, kernel.shape, width)
+            method = fastest_kernel_gradient(tuple(x.shape), tuple(kernel.shape), x.dtype.name)
+            return dx, KERNEL_GRADIENTS[method](x, dy, kernel.shape)
 
         return tf.nn.conv2d(x, kernel, strides=1, padding="SAME"), grad
 
     return conv(x, kernel)
+
+
+def tensorflow_kernel_gradient(x, dy, kernel_shape):
+    """The kernel gradient of a "same" stride-1 convolution, by TensorFlow's own op."""
+    import tensorflow as tf
+
+    return tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=list(kernel_shape), out_backprop=dy,
+                                           strides=[1, 1, 1, 1], padding="SAME")
 
 
 def strip_kernel_gradient(x, dy, kernel_shape, strip_width):
@@ -120,23 +129,40 @@ def strip_kernel_gradient(x, dy, kernel_shape, strip_width):
         t = tf.reshape(t, (-1, per_strip, height, width + gap, channels))
         return tf.reshape(tf.transpose(t, (0, 2, 1, 3, 4)), (-1, height, per_strip * (width + gap), channels))
 
-    return tf.raw_ops.Conv2DBackpropFilter(input=strips(x), filter_sizes=list(kernel_shape),
-                                           out_backprop=strips(dy), strides=[1, 1, 1, 1], padding="SAME")
+    return tensorflow_kernel_gradient(strips(x), strips(dy), kernel_shape)
+
+
+def transposed_kernel_gradient(x, dy, kernel_shape):
+    """The kernel gradient of a "same" stride-1 convolution as one forward convolution: the input channels
+    are the batch, the images the channels, and `dy` is the kernel, as large as the map."""
+    import tensorflow as tf
+
+    kernel_height, kernel_width = kernel_shape[:2]
+    padding = [[0, 0], [(kernel_height - 1) // 2, kernel_height // 2], [(kernel_width - 1) // 2, kernel_width // 2],
+               [0, 0]]  # "SAME": the extra row or column of an even kernel goes after
+    gradient = tf.nn.conv2d(tf.transpose(x, (3, 1, 2, 0)), tf.transpose(dy, (1, 2, 0, 3)), 1, padding)
+    return tf.transpose(gradient, (1, 2, 0, 3))  # (C_in, kh, kw, C_out) -> (kh, kw, C_in, C_out)
+
+
+# The kernel-gradient methods `fastest_kernel_gradient` chooses from: name -> function(x, dy, kernel_shape).
+KERNEL_GRADIENTS = {"tensorflow": tensorflow_kernel_gradient, "transposed": transposed_kernel_gradient,
+                    **{f"strips{width}": functools.partial(strip_kernel_gradient, strip_width=width)
+                       for width in STRIP_WIDTHS}}
 
 
 @functools.cache
-def fastest_strip_width(input_shape, kernel_shape, dtype):
-    """The fastest of `STRIP_WIDTHS` for these shapes and dtype on this machine: each is timed on random
-    tensors, eagerly (lifted out of any function being traced), once per process."""
+def fastest_kernel_gradient(input_shape, kernel_shape, dtype):
+    """The name of the fastest of `KERNEL_GRADIENTS` for these shapes and dtype on this machine: each is timed
+    on random tensors, eagerly (lifted out of any function being traced), once per process."""
     import tensorflow as tf
 
     with tf.init_scope():
         shape = (input_shape[0] or TIMING_BATCH, *input_shape[1:])
         x = tf.cast(tf.random.normal(shape), dtype)
         dy = tf.cast(tf.random.normal((*shape[:3], kernel_shape[3])), dtype)
-        functions = {width: tf.function(functools.partial(strip_kernel_gradient, kernel_shape=kernel_shape,
-                                                           strip_width=width)) for width in STRIP_WIDTHS}
-        return fastest({width: lambda f=f: f(x, dy).numpy() for width, f in functions.items()})
+        functions = {name: tf.function(functools.partial(method, kernel_shape=kernel_shape))
+                     for name, method in KERNEL_GRADIENTS.items()}
+        return fastest({name: lambda f=f: f(x, dy).numpy() for name, f in functions.items()})
 
 
 def fastest(functions, rounds=TIMING_ROUNDS, clock=time.perf_counter):

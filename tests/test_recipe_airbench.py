@@ -1,6 +1,6 @@
 """airbench's recipe as general features: the weights' moving average, the airbench recipe (Nesterov SGD, its lr and
 weight-decay scaling, label smoothing, lookahead), fractional epochs, batch-norm options, Dirac initialisation, the
-logit scale, the whitening stem, and the strip kernel gradients kept to CPUs."""
+logit scale, the whitening stem, and the timed kernel gradients kept to CPUs."""
 import json
 import math
 import os
@@ -265,16 +265,16 @@ def test_cli_short_command_takes_the_recipe_defaults():
     assert parser().parse_args(["train", "small", "--epochs", "3"]).epochs == 3
 
 
-def test_strip_gradients_only_on_cpu():
-    """The strip kernel gradient was measured on CPUs only: a GPU placement (mocked) never takes it."""
+def test_timed_kernel_gradients_only_on_cpu():
+    """The kernel-gradient methods were measured on CPUs only: a GPU placement (mocked) never takes them."""
     from keras_cnn import layers
 
     conv = layers.Conv2D(8, 3, padding="same")
     conv.build((None, 4, 4, 128))
     shape = (2, 4, 4, 128)
     with mock.patch("tensorflow.config.list_logical_devices", return_value=[]):
-        assert conv.uses_strips(shape)
+        assert conv.times_kernel_gradient(shape)
     with mock.patch("tensorflow.config.list_logical_devices", return_value=["/device:GPU:0"]):
-        assert not conv.uses_strips(shape)
-        assert conv.uses_strips(shape, "/job:localhost/replica:0/task:0/device:CPU:0")
-    assert not conv.uses_strips(shape, "/device:GPU:0")
+        assert not conv.times_kernel_gradient(shape)
+        assert conv.times_kernel_gradient(shape, "/job:localhost/replica:0/task:0/device:CPU:0")
+    assert not conv.times_kernel_gradient(shape, "/device:GPU:0")
