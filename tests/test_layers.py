@@ -186,7 +186,9 @@ def test_kernel_gradient_methods_are_timed_and_used_inside_a_traced_step():
     assert layers.fastest_kernel_gradient.cache_info().currsize == 1
 
 
-def test_chosen_kernel_gradient_in_mixed_bfloat16(method_calls):
+@pytest.mark.parametrize("method", layers.KERNEL_GRADIENTS)
+def test_each_kernel_gradient_method_in_mixed_bfloat16(method_calls, method):
+    method_calls.method = method
     x = np.random.default_rng(3).normal(size=(6, 4, 4, 128)).astype("float32")
     ours, plain = conv_pair(x.shape, 3, 4, dtype="mixed_bfloat16")
     gradients = []
