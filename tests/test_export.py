@@ -261,7 +261,8 @@ def test_layers_with_cpu_training_kernels_export_like_any_other(tmp_path, monkey
     monkeypatch.setattr(layers, "fastest_kernel_gradient", lambda *shapes: pytest.fail("export timed the methods"))
     model = keras_cnn.build("small", input_shape=SHAPE, width=4.0, num_classes=10,  # stage 2: 4x4 maps, 128 channels
                             activation="gelu")
-    assert any(isinstance(layer, layers.Conv2D) and layer.times_kernel_gradient(layer.input.shape) for layer in model.layers)
+    assert any(isinstance(layer, layers.Conv2D) and layer.times_kernel_gradient(layer.input.shape)
+               for layer in model.layers)
     assert any(isinstance(layer, layers.GELU) and layer.uses_fused() for layer in model.layers)
     report = export(model, tmp_path, formats="saved_model,tflite", quantize="float32", class_names=CLASS_NAMES,
                     latency_runs=1, verbose=False)

@@ -1,5 +1,6 @@
 """keras_cnn.layers: FusedBatchNormalization (Keras's batch-norm numbers, PyTorch's running statistics),
-Conv2D (Keras's convolution, its kernel gradient on narrow maps computed by the method timed fastest) and GELU (Keras's exact GELU, trained with fused kernels on a CPU)."""
+Conv2D (Keras's convolution, its kernel gradient on narrow maps computed by the method timed fastest) and
+GELU (Keras's exact GELU, trained with fused kernels on a CPU)."""
 from unittest import mock
 
 import keras
