@@ -37,10 +37,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-
-import keras_cnn  # noqa: E402
 import time_to_accuracy  # noqa: E402
 from cifar import CIFAR, cifar_folder  # noqa: E402
+
+import keras_cnn  # noqa: E402
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
@@ -76,7 +76,7 @@ def report(args, title, header, rows, extra=None):
     for line in (header, *rows):
         print("  ".join(str(cell).rjust(width) for cell, width in zip(line, widths)))
     if args.json:
-        from keras_cnn.io import write_json
+        from keras_cnn.utils.io import write_json
 
         write_json(args.json, {"benchmark": args.command, "arguments": {k: v for k, v in vars(args).items() if k != "function"}, "machine": machine(),
                                "rows": [dict(zip(header, row)) for row in rows], **(extra or {})})
@@ -110,8 +110,8 @@ def activation(args):
     each kind interleaved with the others."""
     import tensorflow as tf
 
-    from keras_cnn.layers import GELU
-    from keras_cnn.precision import resolve_precision
+    from keras_cnn.models.layers import GELU
+    from keras_cnn.training.precision import resolve_precision
 
     keras.mixed_precision.set_global_policy(resolve_precision(args.precision))
     policy = keras.mixed_precision.global_policy()
@@ -291,7 +291,7 @@ def train(args):
 def infer(args):
     import numpy as np
 
-    from keras_cnn.prediction import keras_artifact, load_artifact, median_ms
+    from keras_cnn.artifacts.prediction import keras_artifact, load_artifact, median_ms
 
     if args.run:
         model, data = keras_cnn.load(args.run).model, None

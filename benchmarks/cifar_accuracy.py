@@ -50,7 +50,7 @@ def main():
         print(f"accuracy {result['test_accuracy']:.2%} vs {peer['test_accuracy']:.2%}; training time ratio "
               f"(peer / keras-cnn) {peer['train_seconds'] / result['train_seconds']:.2f}x")
     if args.json:
-        from keras_cnn.io import write_json
+        from keras_cnn.utils.io import write_json
 
         write_json(args.json, result)
 

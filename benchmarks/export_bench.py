@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from keras_cnn import export, load  # noqa: E402
-from keras_cnn.prediction import median_ms  # noqa: E402
+from keras_cnn.artifacts.prediction import median_ms  # noqa: E402
 
 TARGETS = {"size_ratio": 0.27, "accuracy_delta_pts": 0.5, "float32_agreement_pct": 100.0, "latency_ratio": 0.5}
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -148,9 +148,9 @@ def print_summary(results):
 
 def compare_converters(run_dir, scratch, runs):
     """{converter: size, latency, agreement with the Keras model, ops and Flex ops} of the float32 files."""
-    from keras_cnn.exporting import _run_data, inference_model
-    from keras_cnn.prediction import keras_artifact
-    from keras_cnn.tflite_export import mobile_model
+    from keras_cnn.artifacts.prediction import keras_artifact
+    from keras_cnn.exporting.pipeline import _run_data, inference_model
+    from keras_cnn.exporting.tflite import mobile_model
 
     run = load(run_dir)
     model = mobile_model(inference_model(run.model))
@@ -179,7 +179,7 @@ def compare_converters(run_dir, scratch, runs):
 
 
 def describe_tflite(path, x, expected, runs):
-    from keras_cnn.prediction import latency_ms, load_artifact
+    from keras_cnn.artifacts.prediction import latency_ms, load_artifact
 
     artifact = load_artifact(path)
     ops = tflite_ops(path)

@@ -40,8 +40,8 @@ class AccuracyClock(keras.callbacks.Callback):
 
     def accuracies(self, tta=None):
         """{level: accuracy} up to `tta`, on the weights evaluation uses (the moving average, if kept)."""
-        from keras_cnn.callbacks import averaged_weights
-        from keras_cnn.evaluation import predict_levels
+        from keras_cnn.evaluation.evaluate import predict_levels
+        from keras_cnn.training.callbacks import averaged_weights
 
         with averaged_weights(self.model):
             levels, labels = predict_levels(self.model, self.test_set, tta)
@@ -145,7 +145,7 @@ def plot(args, report):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from keras_cnn import viz
+    from keras_cnn.analysis import viz
 
     figure, (by_epoch, by_minute) = plt.subplots(1, 2, figsize=(11, 4.2))
     for path, colour in zip(args.results, ("tab:blue", "tab:orange", "tab:green", "tab:red")):

@@ -123,7 +123,7 @@ def main():
         print("mean  " + "  ".join(f"{statistics.mean(r[label] for r in rows):>18.1%}" for label in labels))
     print(f"total {time.perf_counter() - started:.0f} s; run folders in {work}")
     if args.json:
-        from keras_cnn.io import write_json
+        from keras_cnn.utils.io import write_json
 
         write_json(args.json, {"arguments": vars(args), "pretrain_accuracy": pretrained.metrics.accuracy,
                                "pretrain_seconds": round(pretrain_seconds), "rows": rows})

@@ -50,8 +50,8 @@ def main():
     args = parser.parse_args()
 
     import keras_cnn
-    from keras_cnn.io import write_json
     from keras_cnn.tuning import search
+    from keras_cnn.utils.io import write_json
 
     started = time.perf_counter()
     cifar = keras_cnn.load_data(f"folder:{args.data}", seed=args.seed)

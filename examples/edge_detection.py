@@ -7,7 +7,7 @@ import argparse
 import keras
 import numpy as np
 
-from keras_cnn import reference, viz
+from keras_cnn.analysis import reference, viz
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--out", default="edge_detection.png")

@@ -1,11 +1,11 @@
-"""Convolution and pooling by hand with keras_cnn.reference, next to the Keras layers (seeds 001-003).
+"""Convolution and pooling by hand with keras_cnn.analysis.reference, next to the Keras layers (seeds 001-003).
 
     python examples/manual_convolution.py
 """
 import keras
 import numpy as np
 
-from keras_cnn import reference
+from keras_cnn.analysis import reference
 
 # Seed 001: a 2x2 filter on a 3x3 image; the top-left output is 1*1 + 5*0 + 8*1 + 1*0 = 9.
 image = np.array([[1, 5, 2], [8, 1, 6], [3, 4, 7]], dtype=float)

@@ -5,7 +5,7 @@
 import argparse
 
 import keras_cnn
-from keras_cnn import viz
+from keras_cnn.analysis import viz
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--epochs", type=int, default=30)

@@ -5,10 +5,13 @@ Each subcommand imports what it needs when it runs, so `keras-cnn --help` and
 one line (`keras-cnn: error: ...`, exit status 2), command-line mistakes too;
 `--debug` shows the traceback.
 """
+import contextlib
 import json
 import logging
 import os
+import re
 import sys
+import threading
 
 # Errors that describe bad input, a file system problem (missing, not writable, full) or a diverged run
 # (`TrainingDiverged` is a ValueError) rather than a bug: shown as one line. Anything else is a bug, shown as one
@@ -20,6 +23,41 @@ LOG_HANDLER = "keras_cnn.cli"
 # TensorFlow prints start-up notices (oneDNN's, on AVX-512 CPUs) through absl before its logging is set up,
 # where TF_CPP_MIN_LOG_LEVEL does not reach them (tensorflow/tensorflow#100442): they are dropped at import.
 STARTUP_NOTICES = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
+
+
+# What TensorFlow, TFLite and absl write from C++ straight to the process's stderr, below Python: log lines
+# ("I0000 00:00:..." or dated), start-up notices, the converter's settings and the interpreter's "INFO:" lines.
+# Python has no hook for them, so without --verbose the command reads its own stderr through a pipe and drops
+# these lines; everything else (keras-cnn's own lines, Python warnings, other processes') passes in order.
+NATIVE_LOG = re.compile(r"(WARNING: All log messages before absl|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ |"
+                        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] |INFO: |fully_quantize: |"
+                        r"To enable the following instructions: |Estimated count of arithmetic ops)")
+
+
+@contextlib.contextmanager
+def _native_logs_dropped():
+    """Route file descriptor 2 through a thread that drops NATIVE_LOG lines, for the duration of the block."""
+    sys.stderr.flush()
+    terminal, forward_to = os.dup(2), os.dup(2)  # the thread owns its copy: it may outlive `terminal`
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward():
+        with os.fdopen(read_end, "rb") as lines, os.fdopen(forward_to, "wb", buffering=0) as out:
+            for line in lines:
+                if not NATIVE_LOG.match(line.decode(errors="replace")):
+                    out.write(line)
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # the pipe's last writer in this process closes: the thread reads to its end
+        os.close(terminal)
+        thread.join(timeout=5)
 
 
 def _quiet_tensorflow():
@@ -45,11 +83,17 @@ def _quiet_tensorflow():
 
 
 def cmd_list(args):
-    from keras_cnn import registry
+    from keras_cnn.models import registry
 
-    names = registry.list_models(args.pattern)
+    names = registry.list_models(args.pattern, pretrained=args.pretrained)
     if not names:
-        raise ValueError(f"no model matches {args.pattern!r}. Received: pattern={args.pattern!r}")
+        what = "model with trained weights" if args.pretrained else "model"
+        raise ValueError(f"no {what} matches {args.pattern!r}. Received: pattern={args.pattern!r}")
+    if args.pretrained and not args.json:
+        from keras_cnn.models import checkpoints
+
+        print(checkpoints.results_table(names, markdown=args.markdown))
+        return
     if args.json:
         print(json.dumps([registry.model_info(n) for n in names], indent=2, default=list))
         return
@@ -79,12 +123,12 @@ def _overrides(pairs):
 
 def cmd_describe(args):
     _quiet_tensorflow()
-    from keras_cnn.analysis import describe
+    from keras_cnn.analysis.architecture import describe
 
     summary = describe(args.model, input_shape=args.input_shape, **_overrides(args.set))
     print(summary.to_json() if args.json else summary)
     if args.plot:
-        from keras_cnn import viz
+        from keras_cnn.analysis import viz
 
         path = args.plot_out or f"{args.model}_receptive_field.png"
         viz.save(viz.receptive_field(args.model, input_shape=args.input_shape, **_overrides(args.set)), path)
@@ -93,11 +137,18 @@ def cmd_describe(args):
 
 def cmd_show(args):
     _quiet_tensorflow()
-    from keras_cnn import io, runs, viz
+    from keras_cnn.analysis import viz
+    from keras_cnn.artifacts import runs
+    from keras_cnn.models import checkpoints
+    from keras_cnn.utils import io
 
-    if os.path.isdir(args.source):
+    if args.image and args.image_option:
+        raise ValueError(f"give the image once, not also as --image. Received: image={args.image!r}, "
+                         f"--image={args.image_option!r}")
+    args.image = args.image or args.image_option
+    if os.path.isdir(args.source) or checkpoints.is_checkpoint_spec(args.source):
         run = runs.load(args.source)
-        model, folder, class_names = run.model, args.source, run.class_names
+        model, folder, class_names = run.model, run.out_folder, run.class_names
     else:
         model, folder, class_names = io.load_model(args.source), os.path.dirname(os.path.abspath(args.source)), None
     out = args.out or folder
@@ -110,7 +161,7 @@ def cmd_show(args):
     if args.filters:
         written.append(viz.save(viz.filters(model, args.layer), os.path.join(out, "filters.png")))
     if args.cam:
-        from keras_cnn.explaining import overlay
+        from keras_cnn.evaluation.explaining import overlay
 
         path = os.path.join(out, "cam", os.path.splitext(os.path.basename(args.image))[0] + ".png")
         written.append(viz.save(overlay(model, args.image, class_names, args.class_index, args.cam_layer), path))
@@ -141,9 +192,9 @@ def _data_options(args):
 
 def cmd_train(args):
     _quiet_tensorflow()
-    from keras_cnn import runs
+    from keras_cnn.artifacts import runs
     from keras_cnn.cli_parser import train_options
-    from keras_cnn.training import train
+    from keras_cnn.training.trainer import train
 
     kwargs = {"data": "digits"}
     if args.config:
@@ -166,16 +217,15 @@ def cmd_train(args):
     print(run.metrics)
     print(f"\nrun folder: {run.path}")
     if args.export:
-        from keras_cnn.exporting import export
+        from keras_cnn.exporting.pipeline import export
 
         export(run, formats=args.export)
 
 
 def cmd_export(args):
     _quiet_tensorflow()
-    from keras_cnn.exporting import export
-
-    from keras_cnn import runs
+    from keras_cnn.artifacts import runs
+    from keras_cnn.exporting.pipeline import export
 
     data = None
     if args.data or _data_options(args):
@@ -187,7 +237,7 @@ def cmd_export(args):
 
 def cmd_predict(args):
     _quiet_tensorflow()
-    from keras_cnn.prediction import predict
+    from keras_cnn.artifacts.prediction import predict
 
     results = predict(args.artifact, args.images, top=args.top, client=args.client)
     for result in results:
@@ -197,8 +247,8 @@ def cmd_predict(args):
 
 def cmd_evaluate(args):
     _quiet_tensorflow()
-    from keras_cnn import runs
-    from keras_cnn.evaluation import evaluate
+    from keras_cnn.artifacts import runs
+    from keras_cnn.evaluation.evaluate import evaluate
 
     run = runs.load(args.run)
     data = None
@@ -238,14 +288,14 @@ def cmd_tune(args):
 
 def cmd_weights_download(args):
     _quiet_tensorflow()
-    from keras_cnn.pretrained import download_weights
+    from keras_cnn.models.pretrained import download_weights
 
     print(download_weights(args.name))
 
 
 def cmd_data_download(args):
     _quiet_tensorflow()
-    from keras_cnn.tfds_source import builder
+    from keras_cnn.data.tfds_source import builder
 
     print(builder(args.spec, args.data_dir).data_dir)
 
@@ -270,7 +320,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
     _configure_logging()
     try:
-        status = HANDLERS[args.handler](args)
+        with contextlib.nullcontext() if args.verbose else _native_logs_dropped():
+            status = HANDLERS[args.handler](args)
     except USER_ERRORS as error:
         if args.debug:
             raise

@@ -11,8 +11,9 @@ def train_options():
     `--config RUN/config.json` can fill any of them from a previous run; choices and defaults are the library's."""
     import inspect
 
-    from keras_cnn import options, precision, recipes
-    from keras_cnn.training import train
+    from keras_cnn.models import options
+    from keras_cnn.training import precision, recipes
+    from keras_cnn.training.trainer import train
 
     default = {name: parameter.default for name, parameter in inspect.signature(train).parameters.items()}
     general, airbench = recipes.TRAIN_DEFAULTS, recipes.RECIPE_DEFAULTS["airbench"]
@@ -58,8 +59,11 @@ def train_options():
                                                      help="weight classes by inverse frequency (imbalanced data)")),
         "input_shape": (("--input-shape",), dict(type=int, nargs=3, metavar=("H", "W", "C"),
                                                  help="model input (default: the data's, resized up if needed)")),
-        "weights": (("--weights",), dict(help="initial weights: a .weights.h5 file; for *_transfer models the "
-                                         "backbone's: imagenet, a weights file, a .keras model or a run folder")),
+        "weights": (("--weights",), dict(help="initial weights: a data set the zoo has trained weights for "
+                                         "(cifar10, digits: fine-tuning, with a new head when the classes differ), "
+                                         "a .weights.h5 file, an https:// URL or hf://org/name; for *_transfer "
+                                         "models the backbone's: imagenet, a weights file, a .keras model or a run "
+                                         "folder")),
         "fine_tune_epochs": (("--fine-tune-epochs",), dict(type=int, help="transfer models: epochs of phase 2, "
                                                            "with the top backbone blocks unfrozen at 1/100 of the lr")),
         "unfreeze": (("--unfreeze",), dict(type=int, metavar="BLOCKS", help="transfer models: backbone blocks to "
@@ -76,13 +80,17 @@ def number(text):
         return float(text)
 
 
+CHECKPOINT = "a shipped checkpoint MODEL:DATASET (`keras-cnn list --pretrained`)"
+
+
 def _csv(text):
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _add_data_arguments(s, default_note):
     s.add_argument("--data", metavar="SPEC", help=f"'digits', 'tfds:NAME[:CONFIG]', 'folder:PATH' ({default_note})")
-    s.add_argument("--val-fraction", type=float, help="validation share carved from train when the data has none")
+    s.add_argument("--val-fraction", type=float, help="validation share carved from train when the data has none "
+                   "(default 0.1; the airbench recipes 0: all training images)")
     s.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images when loading")
     s.add_argument("--data-dir", help="tensorflow-datasets folder: prepared data sets, and where tfds: downloads go")
 
@@ -95,7 +103,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser():
-    from keras_cnn import options
+    from keras_cnn.models import options
 
     p = _Parser(
         prog="keras-cnn",
@@ -104,6 +112,8 @@ def parser():
         epilog="Run `keras-cnn COMMAND --help` for a command's options.",
     )
     p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show what TensorFlow, TFLite and absl log "
+                   "from C++ (dropped by default: only keras-cnn's own lines are printed)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("list", help="list the registered models", description="List the registered models "
@@ -112,6 +122,9 @@ def parser():
     output = s.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print full model information as JSON")
     output.add_argument("--markdown", action="store_true", help="print the model table for the README")
+    s.add_argument("--pretrained", action="store_true", help="only the models with trained weights, as the zoo's "
+                   "results table: data set, accuracy, size, int8 latency, training time (use them as MODEL:DATASET, "
+                   "e.g. `keras-cnn predict airbench:cifar10 photo.jpg`)")
     s.set_defaults(handler="list")
 
     s = sub.add_parser("describe", help="per-layer shapes, parameters, MACs and receptive fields",
@@ -131,8 +144,9 @@ def parser():
                        "for an image (one PNG grid per layer, under RUN/feature_maps/), or with --cam its Grad-CAM "
                        "heat map (RUN/cam/), and/or the first conv layer's filters (RUN/filters.png). Inference "
                        "mode: no augmentation.")
-    s.add_argument("source", help="a run folder or a .keras file")
-    s.add_argument("--image", help="an image file to run through the model")
+    s.add_argument("source", help=f"a run folder, a .keras file or {CHECKPOINT}")
+    s.add_argument("image", nargs="?", help="an image file to run through the model (or --image)")
+    s.add_argument("--image", dest="image_option", metavar="IMAGE", help="the same, as an option")
     s.add_argument("--layers", nargs="+", metavar="LAYER", help="only these layers (default: every conv/pool)")
     s.add_argument("--filters", action="store_true", help="draw the kernels of a conv layer")
     s.add_argument("--layer", help="the conv layer for --filters (default: the first)")
@@ -170,7 +184,7 @@ def parser():
                        "calibration (ECE, NLL, Brier); optionally temperature scaling and the accuracy under "
                        "corruptions. On the run's own test data this also rewrites its metrics.json, "
                        "confusion_matrix.png, reliability.png (and corruptions.png) and README.md.")
-    s.add_argument("run", help="a run folder written by `keras-cnn train`")
+    s.add_argument("run", help=f"a run folder written by `keras-cnn train`, or {CHECKPOINT}")
     _add_data_arguments(s, "default: the run's own data")
     s.add_argument("--split", choices=("test", "val", "train"), default="test", help="which split (default test)")
     s.add_argument("--tta", choices=options.TTA_LEVELS, help="test-time augmentation: flip averages each image's prediction "
@@ -200,7 +214,7 @@ def parser():
                        "file alone and must agree with LiteRT.",
                        epilog="Examples: keras-cnn export saved_models/small-digits | keras-cnn export RUN "
                        "--formats tflite --quantize float32,float16,dynamic,int8 --rescue")
-    s.add_argument("run", help="a run folder written by `keras-cnn train`")
+    s.add_argument("run", help=f"a run folder written by `keras-cnn train`, or {CHECKPOINT}")
     s.add_argument("--formats", type=_csv, default=("saved_model", "tflite"), metavar="LIST",
                    help="comma-separated: saved_model, tflite, onnx (default: saved_model,tflite; onnx needs "
                    'pip install -e ".[onnx]")')
@@ -228,7 +242,8 @@ def parser():
                        "a .tflite or an .onnx file. Images are resized and converted (gray/RGB) as in training. "
                        "A missing or unreadable image is reported on its own line (stderr) and the others are "
                        "still predicted; the exit status is then 1.")
-    s.add_argument("artifact", help="run folder, .keras file, SavedModel folder, .tflite or .onnx file")
+    s.add_argument("artifact", help=f"run folder, .keras file, SavedModel folder, .tflite or .onnx file, or "
+                   f"{CHECKPOINT}")
     s.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF)")
     s.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
     s.add_argument("--client", choices=[client for client in options.CLIENTS if client], help="classify a .tflite with MediaPipe Tasks' "

@@ -50,8 +50,8 @@ def run_dir(tmp_path_factory, digits):
     import keras
 
     import keras_cnn
-    from keras_cnn import runs
-    from keras_cnn.io import save_model
+    from keras_cnn.artifacts import runs
+    from keras_cnn.utils.io import save_model
 
     keras.utils.set_random_seed(0)
     model = keras_cnn.build("small", input_shape=RUN_SHAPE, width=0.25, num_classes=10)

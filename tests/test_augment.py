@@ -1,4 +1,4 @@
-"""Tests for keras_cnn.augment: shapes, inference identity, per-image randomness,
+"""Tests for keras_cnn.models.augment: shapes, inference identity, per-image randomness,
 the `basic` shift geometry, the custom RandomResizedCrop, and .keras round trips."""
 
 import json
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_cnn.augment import PRESETS, AlternatingFlip, RandomResizedCrop, augmentation
+from keras_cnn.models.augment import PRESETS, AlternatingFlip, RandomResizedCrop, augmentation
 
 ACTIVE = [p for p in PRESETS if p != "none"]
 SHAPES = [(32, 32, 3), (8, 8, 1)]
@@ -155,7 +155,7 @@ def test_random_resized_crop_geometry():
 LOADER = textwrap.dedent("""
     import json, sys
     import keras, numpy as np
-    import keras_cnn.augment  # registers keras_cnn>RandomResizedCrop
+    import keras_cnn.models.augment  # registers keras_cnn>RandomResizedCrop
     folder, presets = sys.argv[1], sys.argv[2:]
     x = np.load(f"{folder}/x.npy")
     result = {}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn.augment import AlternatingFlip, RandomShift, augmentation
+from keras_cnn.models.augment import AlternatingFlip, RandomShift, augmentation
 
 
 def _unique_pixels(n=64, side=16):
@@ -88,7 +88,7 @@ def test_training_advances_the_flip_epoch(tmp_path, digits):
 def test_randaugment_and_augmix_are_absent_from_the_exported_graph(preset):
     import keras
 
-    from keras_cnn.exporting import inference_model
+    from keras_cnn.exporting.pipeline import inference_model
 
     model = keras_cnn.build("small", input_shape=(16, 16, 3), width=0.125, augment=preset)
     kinds = {"randaugment": keras.layers.RandAugment, "augmix": keras.layers.AugMix}
@@ -123,7 +123,7 @@ def test_tta_level_2_averages_exactly_the_listed_views():
     up-left and of their mirrors; level 1 the image and its mirror; each view predicted once."""
     import tensorflow as tf
 
-    from keras_cnn.evaluation import predict_levels
+    from keras_cnn.evaluation.evaluate import predict_levels
 
     x = np.random.default_rng(0).random((10, 6, 6, 1)).astype(np.float32)
     y = np.eye(3, dtype=np.float32)[np.arange(10) % 3]
@@ -139,7 +139,7 @@ def test_tta_level_2_averages_exactly_the_listed_views():
 
 
 def test_evaluate_keeps_every_level_in_the_report(digits):
-    from keras_cnn.evaluation import evaluate
+    from keras_cnn.evaluation.evaluate import evaluate
 
     model = keras_cnn.build("small", input_shape=(8, 8, 1), width=0.125)
     result = evaluate(model, digits, tta="flip+translate")
@@ -154,7 +154,7 @@ def test_evaluate_keeps_every_level_in_the_report(digits):
 def test_a_run_is_evaluated_at_its_own_level_and_keeps_its_metrics(tmp_path, digits):
     import json
 
-    from keras_cnn.evaluation import evaluate
+    from keras_cnn.evaluation.evaluate import evaluate
 
     run = keras_cnn.train("small", digits, epochs=1, batch_size=256, tta="flip", width=0.125, precision="float32",
                           verbose=0, out=tmp_path / "run")

@@ -15,7 +15,7 @@ from PIL import Image
 
 import keras_cnn
 from keras_cnn import cli
-from keras_cnn.data import read_image
+from keras_cnn.data.loading import read_image
 
 X = np.zeros((20, 8, 8), np.uint8)
 Y = np.arange(20) % 2
@@ -215,7 +215,7 @@ def dense_only(p):
 
 
 def corrupt(*args):
-    from keras_cnn.corruptions import corrupt
+    from keras_cnn.evaluation.corruptions import corrupt
 
     return corrupt(*args)
 

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn import calibration, cli, evaluation, io
-from keras_cnn.layers import TemperatureScaling
+from keras_cnn import cli
+from keras_cnn.evaluation import calibration
+from keras_cnn.evaluation import evaluate as evaluation
+from keras_cnn.models.layers import TemperatureScaling
+from keras_cnn.utils import io
 
 
 def softmax(logits):
@@ -115,7 +118,7 @@ def test_every_report_has_calibration_and_the_cli_prints_it(run_dir, tmp_path, c
 
 
 def test_the_model_card_shows_the_new_figures():
-    from keras_cnn.card import model_card
+    from keras_cnn.artifacts.card import model_card
 
     report = evaluation.Report("test", 2, 0.5, 0.7, None, ["a", "b"], [], [[1, 0], [1, 0]],
                                calibration={"ece_pct": 3.25, "nll": 0.7, "brier": 0.4, "bins": 15},

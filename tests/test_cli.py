@@ -83,7 +83,7 @@ def test_a_bug_is_not_shown_as_a_user_error(monkeypatch, capsys):
 def test_a_diverged_run_is_a_one_line_user_error(monkeypatch, capsys):
     import functools
 
-    from keras_cnn import training
+    from keras_cnn.training import trainer as training
 
     @functools.wraps(training.train)  # the same signature, which the options' defaults are read from
     def diverged(*args, **kwargs):
@@ -97,8 +97,10 @@ def test_a_diverged_run_is_a_one_line_user_error(monkeypatch, capsys):
 def test_train_options_are_the_librarys_choices_and_defaults():
     import inspect
 
-    from keras_cnn import cli_parser, options, precision, recipes
-    from keras_cnn.training import train
+    from keras_cnn import cli_parser
+    from keras_cnn.models import options
+    from keras_cnn.training import precision, recipes
+    from keras_cnn.training.trainer import train
 
     train_options = cli_parser.train_options()
     assert set(train_options) <= set(inspect.signature(train).parameters)
@@ -111,3 +113,26 @@ def test_train_options_are_the_librarys_choices_and_defaults():
         assert f"else {recipes.TRAIN_DEFAULTS[name]})" in train_options[name][1]["help"]
     help_text = run("train", "--help").stdout
     assert all(preset in help_text for preset in options.AUGMENT_PRESETS)
+
+
+def test_export_prints_only_keras_cnns_own_lines_unless_verbose(run_dir, tmp_path):
+    quiet = run("export", run_dir, "--quantize", "int8", "--out", str(tmp_path / "quiet"))
+    assert quiet.returncode == 0, quiet.stderr
+    lines = (quiet.stdout + quiet.stderr).splitlines()
+    assert any(line.startswith("small_int8.tflite") for line in lines)  # the report is there
+    assert not [line for line in lines if cli.NATIVE_LOG.match(line)]
+    assert not [line for line in lines if "XNNPACK" in line or "fully_quantize" in line or "I0000" in line]
+    verbose = run("-v", "export", run_dir, "--quantize", "int8", "--out", str(tmp_path / "verbose"))
+    assert verbose.returncode == 0 and "fully_quantize: " in verbose.stderr  # the converter's own line
+
+
+def test_the_native_log_filter_keeps_every_other_line():
+    for native in ("I0000 00:00:1796418437.962233   20962 port.cc:153] oneDNN custom operations are on.",
+                   "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+                   "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+                   "2026-12-04 20:00:00.123456: I tensorflow/core/platform/cpu_feature_guard.cc:210] This",
+                   "fully_quantize: 0, inference_type: 6, input_inference_type: UINT8"):
+        assert cli.NATIVE_LOG.match(native), native
+    for ours in ("keras-cnn: error: cannot load x. Received: path='x'", "small: test accuracy 98.05%",
+                 "Epoch 1/10", "UserWarning: Your input ran out of data"):
+        assert not cli.NATIVE_LOG.match(ours), ours

@@ -1,15 +1,18 @@
 """CIFAR-10-C-style corruptions: each changes the image and keeps its shape and dtype, is deterministic for a
 seed, and moves further from the clean image with the severity; the accuracy table of `evaluate`."""
+import io
 import json
+import logging
+import sys
 
 import keras
 import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn import corruptions
-from keras_cnn.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from keras_cnn.prediction import keras_artifact
+from keras_cnn.artifacts.prediction import keras_artifact
+from keras_cnn.evaluation import corruptions
+from keras_cnn.evaluation.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
 NOISY = ("gaussian_noise", "shot_noise")
 
@@ -88,6 +91,28 @@ def test_robustness_table(colour_model):
     assert result.accuracy_pct["contrast"][1] == pytest.approx(expected, abs=1e-3)
     assert result.mean_corruption_accuracy_pct == pytest.approx(np.mean(list(result.accuracy_pct.values())), abs=1e-3)
     assert "mean corruption accuracy" in str(result)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_corruption_passes_show_progress_on_a_terminal_and_log_lines_elsewhere(colour_model, monkeypatch,
+                                                                                     caplog):
+    model, data = colour_model
+    x, y = data.arrays("test")
+    artifact = keras_artifact(model, data.class_names, "model.keras")
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    corruptions.robustness(artifact, x, y, ("contrast", "jpeg"), (1, 5), seed=3)
+    shown = terminal.getvalue()
+    assert shown.startswith(f"corruptions: {len(x)} images") and "5/5" in shown  # Keras's Progbar, 1 + 2 x 2 passes
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # not a terminal: one log line per pass
+    with caplog.at_level(logging.INFO, logger="keras_cnn"):
+        corruptions.robustness(artifact, x, y, ("contrast",), (1,), seed=3)
+    assert [r.getMessage() for r in caplog.records] == [f"corruptions: {len(x)} images: 1/2 clean",
+                                                        f"corruptions: {len(x)} images: 2/2 contrast 1"]
 
 
 def test_evaluate_with_corruptions_writes_the_table_and_the_picture(colour_model, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for keras_cnn.data: every source, the pipeline contract and every error path (offline, tiny data)."""
+"""Tests for keras_cnn.data.loading: every source, the pipeline contract and every error path (offline, tiny data)."""
 
 import logging
 import time
@@ -9,9 +9,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from keras_cnn import data as data_module
-from keras_cnn import network
-from keras_cnn.data import load_data, shuffle_buffer
+from keras_cnn.data import loading as data_module
+from keras_cnn.data.loading import load_data, shuffle_buffer
+from keras_cnn.utils import network
 
 
 def _save(path, size=(12, 10), mode="RGB", seed=0):

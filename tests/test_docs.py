@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from keras_cnn import registry
+from keras_cnn.models import registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -15,6 +15,17 @@ def test_readme_model_table_is_the_generated_one():
     readme = (ROOT / "README.md").read_text()
     table = re.search(r"<!-- models:start -->\n(.*?)\n<!-- models:end -->", readme, re.S).group(1)
     assert table == registry.markdown_table(), "regenerate with `keras-cnn list --markdown`"
+
+
+def test_the_zoo_page_shows_the_shipped_results_and_commands():
+    from keras_cnn.models import checkpoints
+
+    page = (ROOT / "docs" / "zoo.md").read_text()
+    table = re.search(r"<!-- results:start -->\n(.*?)\n<!-- results:end -->", page, re.S).group(1)
+    assert table == checkpoints.results_table(markdown=True), "regenerate with `keras-cnn list --pretrained --markdown`"
+    shipped = [c for by_dataset in checkpoints.manifest().values() for c in by_dataset.values()]
+    assert shipped and all(f"`{c.command}`" in page for c in shipped)
+    assert {row["checkpoint"] for row in checkpoints.results()} == {c.spec for c in shipped}
 
 
 def _outside_code(text):

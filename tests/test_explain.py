@@ -6,7 +6,7 @@ import pytest
 
 import keras_cnn
 from keras_cnn import cli
-from keras_cnn.explaining import explain, spatial_layer_names
+from keras_cnn.evaluation.explaining import explain, spatial_layer_names
 
 CUE = 4  # side of the bright square
 
@@ -112,7 +112,7 @@ def test_any_input_size_the_model_takes():
 
 
 def test_the_package_entry_point_stays_the_function():
-    import keras_cnn.explaining  # noqa: F401  a submodule import must not shadow keras_cnn.explain
+    import keras_cnn.evaluation.explaining  # noqa: F401  a submodule import must not shadow keras_cnn.explain
 
     assert keras_cnn.explain is explain
 

@@ -18,12 +18,12 @@ import pytest
 
 import keras_cnn
 from keras_cnn import export, predict  # the package's functions, resolved before the modules below
-from keras_cnn.exporting import ExportError, flex_ops, inference_model
-from keras_cnn import runs
-from keras_cnn.io import load_model
-from keras_cnn.verification import flag
+from keras_cnn.artifacts import runs
+from keras_cnn.exporting.pipeline import ExportError, flex_ops, inference_model
+from keras_cnn.exporting.verification import flag
+from keras_cnn.utils.io import load_model
 
-export_module = importlib.import_module("keras_cnn.exporting")
+export_module = importlib.import_module("keras_cnn.exporting.pipeline")
 SHAPE = (8, 8, 1)
 MOBILE = (8, 8, 3)  # every .tflite takes RGB; the digits model converts to gray inside
 CLASS_NAMES = [f"d{i}" for i in range(10)]
@@ -82,7 +82,7 @@ def expected(run_dir, test_images):
 @pytest.fixture(scope="module")
 def mobile_expected(run_dir, test_images):
     """What the .tflite files are converted from: the rebuild taking RGB, on the test images repeated into RGB."""
-    from keras_cnn.tflite_export import mobile_model
+    from keras_cnn.exporting.tflite import mobile_model
 
     model = mobile_model(inference_model(keras_cnn.load(run_dir).model))
     return np.asarray(model.predict(np.repeat(test_images[0], 3, axis=-1), verbose=0))
@@ -256,7 +256,7 @@ def test_without_data_float_formats_are_checked_on_random_images(tmp_path):
 def test_layers_with_cpu_training_kernels_export_like_any_other(tmp_path, monkeypatch):
     """Convolutions with the timed kernel gradient and the GELU with fused training kernels. The SavedModel
     leaves the training-only kernel gradient out, so exporting never times the methods."""
-    from keras_cnn import layers
+    from keras_cnn.models import layers
 
     monkeypatch.setattr(layers, "fastest_kernel_gradient", lambda *shapes: pytest.fail("export timed the methods"))
     model = keras_cnn.build("small", input_shape=SHAPE, width=4.0, num_classes=10,  # stage 2: 4x4 maps, 128 channels

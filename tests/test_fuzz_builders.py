@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import keras_cnn
-from keras_cnn import options, registry
+from keras_cnn.models import options, registry
 
 MODELS = [name for name in keras_cnn.list_models() if not name.endswith("_transfer") and name != "resnet34"]
 # Values no option accepts, or only some: wrong types, zero, negatives, empty lists.

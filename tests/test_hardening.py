@@ -20,7 +20,9 @@ import keras
 import pytest
 
 import keras_cnn
-from keras_cnn import cli, io, runs
+from keras_cnn import cli
+from keras_cnn.artifacts import runs
+from keras_cnn.utils import io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -252,13 +254,13 @@ def test_nothing_in_the_product_unpickles_or_loads_code():
             if re.search(r"keras\.(saving|models)\.load_model\(", line):
                 loaders.append((os.path.relpath(path, REPO), line.strip()))
     assert offending == []
-    assert loaders == [("keras_cnn/io.py", "return keras.saving.load_model(path, safe_mode=True)")]
+    assert loaders == [("keras_cnn/utils/io.py", "return keras.saving.load_model(path, safe_mode=True)")]
 
 
 # ---------------------------------------------------------------- concurrent run folders
 RESERVE = """
 import sys, time
-from keras_cnn.io import reserve_folder
+from keras_cnn.utils.io import reserve_folder
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # every process starts at the same moment
 print("\\n".join(reserve_folder(sys.argv[1]) for _ in range(25)))
 """

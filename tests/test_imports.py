@@ -76,9 +76,9 @@ def import_graph():
 
 def test_the_package_modules_import_each_other_without_cycles():
     graph = import_graph()
-    assert {"keras_cnn.training", "keras_cnn.runs", "keras_cnn.models.transfer"} <= set(graph)
-    assert "keras_cnn.registry" in graph["keras_cnn.models.transfer"]  # imports are seen (top-level ones)
-    assert "keras_cnn.evaluation" in graph["keras_cnn.training"]  # and those inside functions
+    assert {"keras_cnn.training.trainer", "keras_cnn.artifacts.runs", "keras_cnn.models.transfer"} <= set(graph)
+    assert "keras_cnn.models.registry" in graph["keras_cnn.models.transfer"]  # imports are seen (top-level ones)
+    assert "keras_cnn.evaluation.evaluate" in graph["keras_cnn.training.trainer"]  # and those inside functions
     assert "keras_cnn.tuning.results" in graph["keras_cnn.tuning.search"]  # and the tuning/ folder's, by its name
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
@@ -87,5 +87,36 @@ def test_a_cycle_through_a_function_level_import_is_found():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    tree = ast.parse("def f():\n    from keras_cnn import io\n")
-    assert imported(tree, "keras_cnn.x", {"keras_cnn", "keras_cnn.io", "keras_cnn.x"}) == {"keras_cnn.io"}
+    tree = ast.parse("def f():\n    from keras_cnn.utils import io\n")
+    assert imported(tree, "keras_cnn.x", {"keras_cnn", "keras_cnn.utils.io", "keras_cnn.x"}) == {"keras_cnn.utils.io"}
+
+
+# The subpackages from the bottom up: each may import those before it, never one after it (docs/architecture.md).
+# The package root (the public functions, imported lazily, and the registration of Keras objects) and the
+# command line sit above them all; the root may be imported from anywhere for `__version__` and the public API.
+LAYERS = ("utils", "models", "data", "analysis", "artifacts", "evaluation", "training", "exporting", "tuning")
+
+
+def layer(module):
+    """The index in LAYERS of `module`'s subpackage; None for the root package and the top-level modules."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else None
+
+
+def upward_imports(graph):
+    """["a -> b", ...]: imports from a subpackage into one above it in LAYERS."""
+    return sorted(f"{source} -> {target}" for source, targets in graph.items() for target in targets
+                  if layer(source) is not None and layer(target) is not None and layer(target) > layer(source))
+
+
+def test_every_module_lives_in_a_layered_subpackage_and_imports_only_downward():
+    graph = import_graph()
+    top_level = sorted(m for m in graph if m.count(".") == 1 and layer(m) is None)
+    assert top_level == ["keras_cnn.cli", "keras_cnn.cli_parser"], top_level
+    assert upward_imports(graph) == []
+
+
+def test_an_upward_import_between_subpackages_is_found():
+    graph = {"keras_cnn.models.registry": {"keras_cnn.training.runs", "keras_cnn.utils.io"},
+             "keras_cnn": {"keras_cnn.models.registry"}}
+    assert upward_imports(graph) == ["keras_cnn.models.registry -> keras_cnn.training.runs"]

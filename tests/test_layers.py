@@ -1,4 +1,4 @@
-"""keras_cnn.layers: FusedBatchNormalization (Keras's batch-norm numbers, PyTorch's running statistics),
+"""keras_cnn.models.layers: FusedBatchNormalization (Keras's batch-norm numbers, PyTorch's running statistics),
 Conv2D (Keras's convolution, its kernel gradient on narrow maps computed by the method timed fastest) and
 GELU (Keras's exact GELU, trained with fused kernels on a CPU)."""
 from unittest import mock
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_cnn import layers
-from keras_cnn.layers import FusedBatchNormalization
+from keras_cnn.models import layers
+from keras_cnn.models.layers import FusedBatchNormalization
 
 
 def pair(**kwargs):

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn import mobile_client, tflite_metadata
-from keras_cnn.prediction import load_artifact, predict
-from keras_cnn.tflite_export import ExportError
+from keras_cnn.artifacts import metadata as tflite_metadata
+from keras_cnn.artifacts import mobile_client
+from keras_cnn.artifacts.prediction import load_artifact, predict
+from keras_cnn.exporting.tflite import ExportError
 
 ALL_QUANT = ("float32", "float16", "dynamic", "int8")
 CLASS_NAMES = [f"d{i}" for i in range(10)]
@@ -81,7 +82,7 @@ def test_the_sidecar_says_what_the_metadata_says(report):
 def test_a_gray_model_takes_rgb_and_converts_with_the_loaders_weights():
     import tensorflow as tf
 
-    from keras_cnn.tflite_export import mobile_model
+    from keras_cnn.exporting.tflite import mobile_model
 
     gray = keras_cnn.build("small", input_shape=(8, 8, 1), width=0.25, num_classes=10)
     rgb = mobile_model(gray)
@@ -93,14 +94,14 @@ def test_a_gray_model_takes_rgb_and_converts_with_the_loaders_weights():
 
 def test_the_metadata_bridge_is_still_needed():
     """Fails the day a MediaPipe wheel ships its metadata-version module again: then delete the bridge."""
-    code = "from keras_cnn import tflite_metadata as t; print(t.version_module_missing())"
+    code = "from keras_cnn.artifacts import metadata as t; print(t.version_module_missing())"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "True", result.stderr[-1000:]
 
 
 def test_min_parser_version_follows_the_schema_rules():
-    from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
     import flatbuffers
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
 
     def version(subgraph, files=()):
         model = schema.ModelMetadataT()
@@ -166,8 +167,8 @@ def _without_metadata(run_dir):
     """A float32 TFLite file of the run's model taking RGB, with no metadata: what TensorFlow's converter gives."""
     import tensorflow as tf
 
-    from keras_cnn.exporting import inference_model
-    from keras_cnn.tflite_export import mobile_model
+    from keras_cnn.exporting.pipeline import inference_model
+    from keras_cnn.exporting.tflite import mobile_model
 
     model = mobile_model(inference_model(keras_cnn.load(run_dir).model))
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()

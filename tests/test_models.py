@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn import registry
-from keras_cnn.layers import GELU
+from keras_cnn.models import registry
+from keras_cnn.models.layers import GELU
 
 MODELS = keras_cnn.list_models()
 SMALL = {"resnet18": {"width": 0.125}, "resnet34": {"width": 0.125}, "deeper": {"width": 0.25},
@@ -55,7 +55,7 @@ def test_spatial_plan_matches_the_built_layers(name):
     model = tiny(name)
     config = registry.resolve(name, SMALL.get(name, {}))
     height = model.input_shape[1]
-    from keras_cnn.shapes import output_size
+    from keras_cnn.models.shapes import output_size
 
     for op in registry._family(name).spatial_ops(config):
         height = output_size(height, op)

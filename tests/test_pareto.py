@@ -175,7 +175,7 @@ def test_the_measured_file_is_the_file_export_writes(tmp_path):
     ships = shipping.prepare(data, "int8", 0)
     measured = shipping.measure(model, ships)
     assert measured["ship_latency_ms"] is None  # 0 runs: not timed
-    exported = keras_cnn.exporting.tflite_bytes(model, "int8", ships.calibration, class_names=ships.class_names)
+    exported = keras_cnn.exporting.pipeline.tflite_bytes(model, "int8", ships.calibration, class_names=ships.class_names)
     assert measured["ship_kb"] == round(len(exported) / 1024, 1)
     report = keras_cnn.export(model, out_dir=str(tmp_path), formats="tflite", quantize="int8", data=data,
                               latency_runs=1, verbose=False)
@@ -339,6 +339,6 @@ def test_the_tune_command_passes_the_new_flags_and_prints_the_front(monkeypatch,
         "latency_runs": 7, "space": "fast"}
     printed = capsys.readouterr().out
     assert "Pareto front of accuracy,kb (OUT/front.txt, front.png):\nFRONT" in printed
-    with pytest.raises(SystemExit) as exit_status:  # argparse's choices, from keras_cnn.options
+    with pytest.raises(SystemExit) as exit_status:  # argparse's choices, from keras_cnn.models.options
         cli.main(["tune", "--ship", "int4"])
     assert exit_status.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn.data import read_image
 from keras_cnn import export, predict  # the package's functions, resolved before the module below
+from keras_cnn.data.loading import read_image
 
-predict_module = importlib.import_module("keras_cnn.prediction")
+predict_module = importlib.import_module("keras_cnn.artifacts.prediction")
 SHAPE = (8, 8, 1)
 CLASS_NAMES = [f"d{i}" for i in range(10)]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn import recipes
+from keras_cnn.training import recipes
 
 TINY = dict(width=0.125, precision="float32", verbose=0)
 
@@ -27,8 +27,8 @@ def test_ema_weights_differ_from_raw_and_are_the_ones_saved_and_exported(tmp_pat
     weights training ended with; the backup for --resume holds the raw weights and the average."""
     import keras
 
-    from keras_cnn.callbacks import averaged_weights
-    from keras_cnn.exporting import inference_model
+    from keras_cnn.exporting.pipeline import inference_model
+    from keras_cnn.training.callbacks import averaged_weights
 
     raw = {}
 
@@ -92,7 +92,7 @@ def test_nesterov_step_matches_torch():
     """Nesterov with coupled L2, as torch.optim.SGD(nesterov=True): buf = m*buf + g; w -= lr * (g + m*buf)."""
     import keras
 
-    from keras_cnn.optimizers import TorchSGD
+    from keras_cnn.training.optimizers import TorchSGD
 
     w = keras.Variable(np.array([1.0, -2.0], dtype="float32"))
     opt = TorchSGD(0.1, momentum=0.5, l2=0.1, nesterov=True)
@@ -147,18 +147,18 @@ def test_batchnorm_options_dirac_and_head_scale():
 
 
 def test_a_dirac_model_loads_in_a_new_process(tmp_path):
-    """The saved config names `keras_cnn>Dirac` and airbench's augmentation layers: `keras_cnn.io.load_model`
+    """The saved config names `keras_cnn>Dirac` and airbench's augmentation layers: `keras_cnn.utils.io.load_model`
     registers them before loading."""
     import subprocess
     import sys
 
-    from keras_cnn import io
+    from keras_cnn.utils import io
 
     path = str(tmp_path / "dirac.keras")
     model = keras_cnn.build("airbench", input_shape=(16, 16, 3), width=0.125, kernel_initializer="dirac",
                             augment="flip_translate")
     io.save_model(model, path)
-    code = (f"from keras_cnn import io; m = io.load_model({path!r}); "
+    code = (f"from keras_cnn.utils import io; m = io.load_model({path!r}); "
             "print(*[type(layer).__name__ for layer in m.get_layer('augment').layers], "
             "m.get_layer('stage1_conv1').kernel.numpy().sum())")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -169,7 +169,7 @@ def test_a_dirac_model_loads_in_a_new_process(tmp_path):
 
 
 def test_dirac_keeps_extra_filters_random():
-    from keras_cnn.initializers import Dirac
+    from keras_cnn.models.initializers import Dirac
 
     kernel = np.asarray(Dirac(seed=1)((3, 3, 2, 4)))
     np.testing.assert_array_equal(kernel[1, 1, :, :2], np.eye(2))
@@ -179,7 +179,7 @@ def test_dirac_keeps_extra_filters_random():
 def test_whitening_filters_whiten_the_training_patches():
     """Outputs of the first half of the filters on the images' own 2x2 patches: covariance
     diag(eigenvalue / (eigenvalue + eps)), i.e. the identity on every component above the noise floor."""
-    from keras_cnn.initializers import patches, whitening_filters
+    from keras_cnn.models.initializers import patches, whitening_filters
 
     rng = np.random.default_rng(0)
     smooth = rng.random((200, 9, 9, 3)).cumsum(axis=1).cumsum(axis=2)  # strongly correlated neighbours
@@ -196,7 +196,7 @@ def test_whitening_filters_whiten_the_training_patches():
 
 
 def test_whitening_stem_is_computed_from_the_runs_data_frozen_and_saved(tmp_path):
-    from keras_cnn.initializers import whitening_filters
+    from keras_cnn.models.initializers import whitening_filters
 
     x, y = _digits_rgb()
     run = keras_cnn.train("airbench", (x, y), stem_init="whitening", epochs=1, batch_size=64, out=tmp_path / "run",
@@ -214,7 +214,7 @@ def test_whitening_stem_sees_float32_pixels_in_mixed_precision():
     computation, where bfloat16 pixels and weights are off by far more (the weakest components are amplified)."""
     import keras
 
-    from keras_cnn.initializers import patches, whitening_filters
+    from keras_cnn.models.initializers import patches, whitening_filters
 
     rng = np.random.default_rng(0)
     smooth = rng.random((64, 12, 12, 3)).cumsum(axis=1).cumsum(axis=2)
@@ -246,7 +246,7 @@ def test_options_without_effect_are_refused():
 def test_airbench_recipe_brings_its_network_options_unless_given(tmp_path):
     """`train airbench --recipe airbench`: GELU, the whitening stem, Dirac convs, scale-free BN with momentum 0.6, the
     1/9 max-pool head and airbench's augmentation, with 9.9 epochs, batch 1024 and flip+translate TTA as defaults."""
-    from keras_cnn import training
+    from keras_cnn.training import trainer as training
 
     options = training._recipe_model_options("airbench", "airbench", {"bn_momentum": 0.5})
     assert options["bn_momentum"] == 0.5
@@ -267,7 +267,7 @@ def test_cli_short_command_takes_the_recipe_defaults():
 
 def test_timed_kernel_gradients_only_on_cpu():
     """The kernel-gradient methods were measured on CPUs only: a GPU placement (mocked) never takes them."""
-    from keras_cnn import layers
+    from keras_cnn.models import layers
 
     conv = layers.Conv2D(8, 3, padding="same")
     conv.build((None, 4, 4, 128))
@@ -278,3 +278,12 @@ def test_timed_kernel_gradients_only_on_cpu():
         assert not conv.times_kernel_gradient(shape)
         assert conv.times_kernel_gradient(shape, "/job:localhost/replica:0/task:0/device:CPU:0")
     assert not conv.times_kernel_gradient(shape, "/device:GPU:0")
+
+
+def test_the_airbench_recipes_train_on_every_training_image_unless_asked(tmp_path):
+    run = keras_cnn.train("small", "digits", recipe="airbench", epochs=1, batch_size=256, out=tmp_path / "all",
+                          **TINY)
+    assert run.config["data_options"]["val_fraction"] == 0.0 and not run.history.get("val_accuracy")
+    asked = keras_cnn.train("small", "digits", recipe="airbench", epochs=1, batch_size=256, out=tmp_path / "split",
+                            data_options={"val_fraction": 0.1}, **TINY)
+    assert asked.config["data_options"]["val_fraction"] == 0.1 and len(asked.history["val_accuracy"]) == 1

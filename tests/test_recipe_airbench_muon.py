@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn import recipes
+from keras_cnn.training import recipes
 
 TINY = dict(width=0.125, precision="float32", verbose=0)
 
@@ -28,7 +28,7 @@ def _newton_schulz(matrix, steps=3):
 
 @pytest.mark.parametrize("shape", [(12, 4), (4, 12)])
 def test_orthogonalize_keeps_singular_vectors_and_pulls_values_towards_one(shape):
-    from keras_cnn.optimizers import orthogonalize
+    from keras_cnn.training.optimizers import orthogonalize
 
     rng = np.random.default_rng(0)
     u, _ = np.linalg.qr(rng.normal(size=(shape[0], 4)))
@@ -45,7 +45,7 @@ def _layers():
     """A conv (kernel: Muon; bias: "other"), a `predictions` Dense and a `stem_offset`, built."""
     import keras
 
-    from keras_cnn.layers import Offset
+    from keras_cnn.models.layers import Offset
 
     conv = keras.layers.Conv2D(3, 2, name="conv")
     conv.build((None, 4, 4, 2))
@@ -59,7 +59,7 @@ def _layers():
 def test_muon_step_matches_a_numpy_reference():
     """Kernels: normalised to norm sqrt(filters), Nesterov momentum, orthogonalised, lr; the rest: Nesterov SGD with
     coupled L2 at the rate times its role's scale; the stem offset's rate falls to zero at `stem_offset_steps`."""
-    from keras_cnn.optimizers import Muon
+    from keras_cnn.training.optimizers import Muon
 
     kernel, bias, head, offset = _layers()
     variables = [kernel, bias, head, offset]
@@ -92,7 +92,7 @@ def test_muon_step_matches_a_numpy_reference():
 
 
 def test_unknown_role_is_one_line():
-    from keras_cnn.optimizers import Muon
+    from keras_cnn.training.optimizers import Muon
 
     with pytest.raises(ValueError, match=r"roles predictions, stem_offset, other\. Received: rate_scales=\{'head'"):
         Muon(rate_scales={"head": 2.0})
@@ -101,8 +101,8 @@ def test_unknown_role_is_one_line():
 def test_recipe_network_roles_and_head():
     """`--recipe airbench_muon` on airbench: the six stage convs go to Muon, the bias-free unit-std head, the stem
     offset and the batch-norm offsets to SGD; the frozen whitening stem to neither."""
-    from keras_cnn import training
-    from keras_cnn.optimizers import Muon
+    from keras_cnn.training import trainer as training
+    from keras_cnn.training.optimizers import Muon
 
     config = training._recipe_model_options("airbench", "airbench_muon", {})
     assert {key: config[key] for key in ("head_bias", "head_init", "stem_offset")} == {
@@ -120,7 +120,7 @@ def test_recipe_network_roles_and_head():
 
 
 def test_hidden_weight_matrices_go_to_muon_and_the_head_to_sgd():
-    from keras_cnn.optimizers import Muon
+    from keras_cnn.training.optimizers import Muon
 
     model = keras_cnn.build("small", input_shape=(8, 8, 1), num_classes=3)
     roles = {v.path: Muon.role(v) for v in model.trainable_variables}

@@ -1,4 +1,4 @@
-"""keras_cnn.reference against the seeds' worked examples and against Keras/TensorFlow."""
+"""keras_cnn.analysis.reference against the seeds' worked examples and against Keras/TensorFlow."""
 import keras
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import tensorflow as tf
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from keras_cnn import reference as ref
+from keras_cnn.analysis import reference as ref
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 FAST = settings(deadline=None, max_examples=25)

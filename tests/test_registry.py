@@ -1,12 +1,14 @@
 """The registry's pure-Python side: names, wildcards, validation and shape arithmetic."""
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 import keras_cnn
-from keras_cnn import registry, shapes
-from keras_cnn.shapes import Op
+from keras_cnn.models import registry, shapes
+from keras_cnn.models.shapes import Op
 
 SEED_MODELS = {"lenet", "mnist_cnn", "simple", "small", "deeper", "compact", "resnet18", "resnet34"}
 
@@ -126,8 +128,14 @@ def test_stages_extend_and_truncate_filters():
     assert registry.resolve("resnet18", {"stages": 2})["stage_blocks"] == (2, 2)
 
 
-def test_import_and_list_do_not_import_tensorflow():
-    code = "import sys, keras_cnn; keras_cnn.list_models(); keras_cnn.model_info('small');" \
-           "from keras_cnn import cli; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+def test_import_registers_the_keras_objects_and_the_command_line_stays_light():
+    code = ("import sys, keras_cnn, keras; keras_cnn.list_models(); "
+            "print(keras.saving.get_registered_object('keras_cnn>Conv2D') is not None)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
+    assert out.split() == ["True"]  # `import keras_cnn` is enough for keras.saving.load_model
+    command = shutil.which("keras-cnn", path=os.path.dirname(sys.executable)) or shutil.which("keras-cnn")
+    listed = subprocess.run([command, "list"], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    imported = {line.rsplit("|", 1)[-1].strip() for line in listed.stderr.splitlines() if "|" in line}
+    assert "keras_cnn.cli" in imported and "small" in listed.stdout
+    assert "tensorflow" not in imported and "keras" not in imported

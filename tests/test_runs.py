@@ -1,4 +1,4 @@
-"""The run folder's one owner, `keras_cnn.runs.Run`: what `train` returns is what `evaluate`, `export`, `predict`
+"""The run folder's one owner, `keras_cnn.artifacts.runs.Run`: what `train` returns is what `evaluate`, `export`, `predict`
 and the CLI take, and a path works wherever a `Run` does."""
 import json
 import os
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn import cli, runs
+from keras_cnn import cli
+from keras_cnn.artifacts import runs
 
 FAST = dict(epochs=1, batch_size=64, precision="float32", verbose=0, width=0.25, seed=3)
 

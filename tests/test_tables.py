@@ -1,9 +1,9 @@
-"""The one text-table printer (`keras_cnn.tables.format_table`) and the one JSON cleaner (`keras_cnn.io.jsonable`)."""
+"""The one text-table printer (`keras_cnn.utils.tables.format_table`) and the one JSON cleaner (`keras_cnn.utils.io.jsonable`)."""
 import numpy as np
 import pytest
 
-from keras_cnn import io
-from keras_cnn.tables import RED, RESET, format_table
+from keras_cnn.utils import io
+from keras_cnn.utils.tables import RED, RESET, format_table
 
 
 def test_columns_align_to_their_widest_cell():

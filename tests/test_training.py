@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn import evaluation, io, optimizers, precision, recipes, runs, training
+from keras_cnn.artifacts import runs
+from keras_cnn.evaluation import evaluate as evaluation
+from keras_cnn.training import optimizers, precision, recipes
+from keras_cnn.training import trainer as training
+from keras_cnn.utils import io
 
 FAST = dict(epochs=2, batch_size=64, precision="float32", verbose=0, width=0.25)
 RUN_FILES = {"model.keras", "config.json", "labels.txt", "history.csv", "metrics.json", "curves.png",

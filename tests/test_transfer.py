@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import keras_cnn
-from keras_cnn import pretrained, registry, training
-from keras_cnn.models import backbones, transfer
+from keras_cnn.models import backbones, pretrained, registry, transfer
+from keras_cnn.training import trainer as training
 
 APPLICATIONS = ["resnet50_transfer", "resnet50v2_transfer", "mobilenetv2_transfer", "mobilenetv3small_transfer",
                 "efficientnetb0_transfer"]
@@ -105,7 +105,7 @@ def test_too_small_input_fails_before_building_naming_the_smallest():
 
 
 def test_spatial_op_gives_the_real_output_size_on_multiples_of_the_stride():
-    from keras_cnn.shapes import output_size
+    from keras_cnn.models.shapes import output_size
 
     for name, stride in (("resnet50_transfer", 32), ("resnet18_transfer", 8)):
         (op,) = registry._family(name).spatial_ops(registry.resolve(name))
@@ -230,7 +230,7 @@ def zoo_resnet(tmp_path_factory):
     randomize(model)
     model.save_weights(folder / "resnet18.weights.h5")
     os.makedirs(folder / "run")
-    keras_cnn.io.save_model(model, folder / "run" / "model.keras")
+    keras_cnn.utils.io.save_model(model, folder / "run" / "model.keras")
     return model, folder
 
 
@@ -265,7 +265,7 @@ def test_backbone_files_and_whole_model_files_round_trip(zoo_resnet, tmp_path):
     again = keras_cnn.build("resnet18_transfer", input_shape=(8, 8, 1), width=0.125, num_classes=7, weights=path)
     assert_backbone_weights_equal(again, zoo)
     # a transfer model's run folder (its `backbone` layer) into a head for other classes
-    keras_cnn.io.save_model(model, tmp_path / "transfer.keras")
+    keras_cnn.utils.io.save_model(model, tmp_path / "transfer.keras")
     third = keras_cnn.build("resnet18_transfer", input_shape=(8, 8, 1), width=0.125, num_classes=2,
                             weights=str(tmp_path / "transfer.keras"))
     assert_backbone_weights_equal(third, zoo)
@@ -286,7 +286,7 @@ def test_wrong_checkpoints_fail_with_clear_messages(zoo_resnet, tmp_path):
     with pytest.raises(ValueError, match=r"layer .stem_conv. has weights of shapes .* \(another `width`\?\)"):
         keras_cnn.build("resnet18_transfer", input_shape=(8, 8, 1), width=0.25, weights=str(folder / "run"))
     small = keras_cnn.build("small", input_shape=(8, 8, 1), width=0.25)
-    keras_cnn.io.save_model(small, tmp_path / "small.keras")
+    keras_cnn.utils.io.save_model(small, tmp_path / "small.keras")
     with pytest.raises(ValueError, match="it has no layer 'stem_conv'"):
         keras_cnn.build("resnet18_transfer", input_shape=(8, 8, 1), width=0.125, weights=str(tmp_path / "small.keras"))
     with pytest.raises(FileNotFoundError, match="weights file not found"):
@@ -461,7 +461,7 @@ def digits_arrays():
 
 
 def fit(model, x, y, epochs, seed):
-    from keras_cnn import recipes
+    from keras_cnn.training import recipes
 
     keras.utils.set_random_seed(seed)
     steps = int(np.ceil(len(x) / 32)) * epochs

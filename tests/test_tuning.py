@@ -65,13 +65,13 @@ def test_the_hypermodel_builds_the_zoo_model_the_space_names():
     assert {"stage1_conv", "stage1_bn", "stage1_pool", "stage2_conv", "head_dense1"} <= set(names)
     assert model.input_shape == (None, *DIGITS) and model.output_shape == (None, 10)
     assert isinstance(model.optimizer, keras.optimizers.Adam) and not model.jit_compile
-    assert model.steps_per_execution == keras_cnn.recipes.steps_per_execution(model, 128) > 1  # as train does
+    assert model.steps_per_execution == keras_cnn.training.recipes.steps_per_execution(model, 128) > 1  # as train does
     hp.values.update(stages=3, filters_3=32, downsample="stride", recipe="sgd", sgd_lr=0.05, augment="basic",
                      flip=False)
     model = hypermodel(spaces.cnn).build(hp)
     assert model.get_layer("stage3_conv").strides == (2, 2) and "stage3_pool" not in [l.name for l in model.layers]
     assert model.get_layer("augment") is not None
-    assert isinstance(model.optimizer, keras_cnn.optimizers.TorchSGD)  # the training recipes, not a copy
+    assert isinstance(model.optimizer, keras_cnn.training.optimizers.TorchSGD)  # the training recipes, not a copy
 
 
 @pytest.mark.parametrize("preset, layer", [("randaugment", keras.layers.RandAugment), ("augmix", keras.layers.AugMix)])
@@ -91,7 +91,7 @@ def test_a_collapsing_configuration_fails_its_trial_before_anything_is_built(mon
     hp = keras_tuner.HyperParameters()
     spaces.cnn(hp)
     hp.values.update(stages=4, filters_3=16, filters_4=16, downsample="maxpool")
-    monkeypatch.setattr("keras_cnn.registry.build", lambda *a, **k: pytest.fail("built a collapsing model"))
+    monkeypatch.setattr("keras_cnn.models.registry.build", lambda *a, **k: pytest.fail("built a collapsing model"))
     with pytest.raises(keras_tuner.errors.FailedTrialError, match="collapsed: needs inputs of at least 16x16"):
         hypermodel(spaces.cnn).build(hp)
 
@@ -183,7 +183,7 @@ def test_the_best_settings_are_retrained_into_a_loadable_run_folder(finished):
     assert run.config["arguments"]["overrides"] == finished.proposal.overrides
     assert run.config["epochs_run"] == 2 and run.config["test_accuracy"] == pytest.approx(finished.test_accuracy)
     assert [l.name for l in run.model.layers] == [l.name for l in finished.best_trial_model.layers]
-    checkpoint = keras_cnn.io.load_model(os.path.join(finished.path, "best_trial.keras"))
+    checkpoint = keras_cnn.utils.io.load_model(os.path.join(finished.path, "best_trial.keras"))
     assert checkpoint.count_params() == run.model.count_params()
     assert 0 <= finished.best_trial_test_accuracy <= 1
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import keras_cnn
-from keras_cnn import viz
+from keras_cnn.analysis import viz
 
 
 def png(path):

@@ -14,8 +14,8 @@ float32 numbers bound nothing and only the shipped file is checked.
 The TFLite model is converted the way `keras_cnn.export` prepares one (its float32
 `inference_model`: no augmentation, training=False), with TensorFlow's
 `TFLiteConverter.from_keras_model` and built-in ops only, and timed with
-`keras_cnn.prediction`'s loader and `latency_ms`, as the export report times it.
-`keras_cnn.exporting` has no public model-to-bytes function; its own artifacts come
+`keras_cnn.artifacts.prediction`'s loader and `latency_ms`, as the export report times it.
+`keras_cnn.exporting.pipeline` has no public model-to-bytes function; its own artifacts come
 from a SavedModel and measured within 0.1 % (22 bytes on 47 KB) of these.
 """
 import contextlib
@@ -80,8 +80,8 @@ def tflite(model, runs=LATENCY_RUNS):
     """{"tflite_kb", "latency_ms"} of the model's float32 TFLite flatbuffer (median of `runs` batch-1 calls)."""
     import tensorflow as tf
 
-    from keras_cnn.exporting import inference_model
-    from keras_cnn.prediction import latency_ms, load_artifact
+    from keras_cnn.artifacts.prediction import latency_ms, load_artifact
+    from keras_cnn.exporting.pipeline import inference_model
 
     rebuild = inference_model(model)
     # An untrained model has many equal constants (zero biases, unit BatchNorm scales) that the converter

@@ -2,7 +2,7 @@
 
 The front is computed (`tuning.pareto.front`) over the COMPLETED trials' objective vectors, each the mean
 over the trial's executions. The table lists it sorted by the shipped file's accuracy, mean and spread
-(the standard deviation over executions, when there are several); the picture (`keras_cnn.viz.pareto_front`)
+(the standard deviation over executions, when there are several); the picture (`keras_cnn.analysis.viz.pareto_front`)
 shows every trial's accuracy against its file size, latency as colour, the front joined. `export` runs
 `keras_cnn.export` on each front trial's checkpoint, in the variant the search shipped, into
 OUT/front/trial_NN/: the full export report, every file verified in LiteRT and MediaPipe.
@@ -46,7 +46,7 @@ def cell(row, key, template):
 
 def table(front, objectives, ship):
     """The front as aligned text; the objectives' columns are marked with `*`, exported files listed last."""
-    from keras_cnn.tables import format_table
+    from keras_cnn.utils.tables import format_table
 
     header = ["trial", *(f"{ship} {title}" + ("*" if _objective(key, objectives) else "")
                          if key.startswith("ship") else title for key, title, _ in COLUMNS), "exported"]
@@ -70,7 +70,7 @@ def _exported(export):
 def picture(rows, front, path, ship, references=()):
     """front.png: every completed trial's shipped accuracy against size (latency as colour), the front circled.
     `references`: extra labelled points {label, ship_kb, ship_accuracy, ship_latency_ms} (baseline models)."""
-    from keras_cnn import viz
+    from keras_cnn.analysis import viz
 
     points = [row for row in rows if row["status"] == "COMPLETED" and row.get("ship_kb") is not None]
     return viz.save(viz.pareto_front(points, front, ship=ship, references=references), path)
@@ -80,7 +80,7 @@ def export(folder, front, trial_model, image_data, settings, verbose=False):
     """Export and verify each front trial's checkpoint (`trial_model(trial_id)`) into FOLDER/front/trial_NN/;
     each row gets its "export" entry: the file, its size, its test accuracy, or the error that failed it."""
     import keras_cnn
-    from keras_cnn.exporting import ExportError
+    from keras_cnn.exporting.pipeline import ExportError
 
     for row in front:
         model = trial_model(row["trial"])

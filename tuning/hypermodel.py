@@ -4,7 +4,7 @@
 maps would shrink below 1x1 on this data (`FailedTrialError`, decided by
 `keras_cnn.model_info` before anything is built), builds the zoo's own model with
 `keras_cnn.build` and compiles it with the optimizer, loss, metrics and steps
-per call of `keras_cnn.recipes`, as `keras_cnn.train` does. `fit` measures the built model
+per call of `keras_cnn.training.recipes`, as `keras_cnn.train` does. `fit` measures the built model
 against the budgets (`tuning.budgets`) before training it and, once trained, converts the
 trial's checkpoint to the file the search ships and measures that (`tuning.shipping`).
 """
@@ -14,7 +14,8 @@ import keras
 import keras_tuner
 import numpy as np
 
-from keras_cnn import recipes, registry
+from keras_cnn.models import registry
+from keras_cnn.training import recipes
 from keras_cnn.tuning import budgets as budget_checks
 from keras_cnn.tuning import shipping as ship
 
@@ -109,7 +110,7 @@ class ZooHyperModel(keras_tuner.HyperModel):
 
 def _check_imagenet(model, config):
     """FailedTrialError when the ImageNet weights a proposal names are not in the Keras cache (or do not exist)."""
-    from keras_cnn import pretrained
+    from keras_cnn.models import pretrained
 
     try:
         pretrained.check_imagenet_width(model, pretrained.BACKBONES[config["backbone"]], config)
@@ -137,8 +138,8 @@ def rebuild(hypermodel, hp, weights):
 
 def _resized(model, args, kwargs):
     """`fit`'s training and validation batches resized to `model`'s input where it differs from the data's (a
-    proposal's `input_size`), as the data pipeline resizes them (`keras_cnn.data.adapt`)."""
-    from keras_cnn.data import adapt
+    proposal's `input_size`), as the data pipeline resizes them (`keras_cnn.data.loading.adapt`)."""
+    from keras_cnn.data.loading import adapt
 
     shape = tuple(model.input_shape[1:])
     train = args[0] if args else None

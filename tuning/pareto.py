@@ -11,7 +11,7 @@ random weight vector for every proposal, a single-objective optimiser that minim
 towards a different part of the front each time; the max term reaches concave parts of the front
 that a weighted sum cannot.
 """
-from keras_cnn.options import OBJECTIVES
+from keras_cnn.models.options import OBJECTIVES
 
 # objective -> (the trial metric it reads, its direction)
 METRICS = {

@@ -26,9 +26,8 @@ import glob
 import json
 import os
 
-
-from keras_cnn import io
 from keras_cnn.tuning.front import cell
+from keras_cnn.utils import io
 
 TRIALS_DIR = "trials"  # keras-tuner's project folder inside the search folder
 RECORD_FILE = "keras_cnn_trial.json"  # written by each trial next to keras-tuner's trial.json
@@ -145,7 +144,7 @@ def _retrain(run_dir, proposal, data, data_options, epochs, settings, verbose):
     """(model, test accuracy) of `keras_cnn.train` with the best settings: a finished run folder is reused,
     an interrupted one resumed."""
     import keras_cnn
-    from keras_cnn import runs
+    from keras_cnn.artifacts import runs
 
     config = runs.open_run(run_dir).config if runs.Run(run_dir).has_config() else {}
     if config.get("test_accuracy") is not None:
@@ -200,7 +199,7 @@ def best_row(rows, objective):
 
 def table(rows, objective):
     """The trials as aligned text, the best one marked with *; `objective` is {"name": ..., "direction": ...}."""
-    from keras_cnn.tables import format_table
+    from keras_cnn.utils.tables import format_table
 
     best = best_row(rows, objective)
     score = objective["name"] not in ("val_accuracy", "ship_accuracy", "ship_kb", "ship_latency_ms", "macs", "params")

@@ -43,11 +43,11 @@ import keras
 import keras_tuner
 
 import keras_cnn
-from keras_cnn import io
 from keras_cnn.tuning import budgets as budget_checks
 from keras_cnn.tuning import pareto, results, shipping, spaces
 from keras_cnn.tuning.hypermodel import ZooHyperModel
 from keras_cnn.tuning.tuners import make_tuner
+from keras_cnn.utils import io
 
 SETTINGS_FILE = "search.json"
 TENSORBOARD_DIR = "tensorboard"
@@ -232,7 +232,7 @@ def _open_folder(out, data_name, resume, settings, fingerprint):
             raise ValueError(f"resume {out} the way it was started (keras-tuner keeps a distributed search's state "
                              f"under its chief). Received: distributed={settings['distributed']}")
     elif out is None:
-        from keras_cnn import runs
+        from keras_cnn.artifacts import runs
 
         out = runs.create(None, "tune", data_name, resume=False).path
     elif os.path.exists(out) and os.listdir(out):
@@ -285,7 +285,7 @@ def _launch(folder, workers):
     """
     ip = os.environ.get("KERASTUNER_ORACLE_IP", "127.0.0.1")
     port = os.environ.get("KERASTUNER_ORACLE_PORT") or str(_free_port(ip))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # so the processes run this code
+    root = os.path.dirname(os.path.dirname(os.path.abspath(keras_cnn.__file__)))  # the processes run this keras_cnn
     env = {**os.environ, "KERASTUNER_ORACLE_IP": ip, "KERASTUNER_ORACLE_PORT": port,
            "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
     os.makedirs(os.path.join(folder, LOGS_DIR), exist_ok=True)

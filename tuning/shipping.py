@@ -1,9 +1,9 @@
 """The file that ships, measured after every trained trial: converted as `keras_cnn.export` converts, run in LiteRT.
 
-A trial's trained model goes through `keras_cnn.exporting.tflite_bytes` (the float32 inference rebuild, the
+A trial's trained model goes through `keras_cnn.exporting.pipeline.tflite_bytes` (the float32 inference rebuild, the
 mobile model taking RGB, TensorFlow's converter from a SavedModel with built-in ops only, the MediaPipe
 metadata), in the variant the search ships (int8 by default, calibrated on training images as export
-calibrates). The bytes are written to a temporary file and measured by `keras_cnn.verification.measure`,
+calibrates). The bytes are written to a temporary file and measured by `keras_cnn.exporting.verification.measure`,
 the export report's own row: the file's size, its top-1 accuracy on the validation split in LiteRT,
 its agreement with the Keras model, and its batch-1 latency (median of `latency_runs` calls, LiteRT's
 default CPU delegate and thread count). The size is the size of the file `export` writes for the same
@@ -15,7 +15,7 @@ import tempfile
 
 import numpy as np
 
-from keras_cnn.options import QUANTIZATIONS
+from keras_cnn.models.options import QUANTIZATIONS
 
 LATENCY_RUNS = 50  # export's default
 CALIBRATION_SAMPLES = 300  # export's default
@@ -41,7 +41,7 @@ class Shipping:
             return self.x, self.calibration
         import tensorflow as tf
 
-        from keras_cnn.data import adapt
+        from keras_cnn.data.loading import adapt
 
         def resize(images):  # to the size of `shape`, keeping the images' channels (calibration's are RGB)
             return None if images is None else adapt(tf.constant(images), (*shape[:2], images.shape[-1])).numpy()
@@ -67,7 +67,7 @@ def check(variant, latency_runs, image_data=None):
 
 def prepare(image_data, variant, latency_runs):
     """The `Shipping` of a search on `image_data`: its validation images, and int8's calibration images."""
-    from keras_cnn.exporting import calibration_images
+    from keras_cnn.exporting.pipeline import calibration_images
 
     check(variant, latency_runs, image_data)
     x, y = image_data.arrays("val", limit=MAX_VAL_IMAGES)
@@ -78,10 +78,11 @@ def prepare(image_data, variant, latency_runs):
 
 def measure(model, shipping):
     """{ship_accuracy (0-1), ship_kb, ship_latency_ms, ship_agreement_pct} of `model` converted as it ships."""
-    from keras_cnn.exporting import inference_model, tflite_bytes
-    from keras_cnn.prediction import keras_artifact, load_artifact
-    from keras_cnn.tflite_export import mobile_model
-    from keras_cnn.verification import TestSet, measure as measure_artifact, rgb_expected
+    from keras_cnn.artifacts.prediction import keras_artifact, load_artifact
+    from keras_cnn.exporting.pipeline import inference_model, tflite_bytes
+    from keras_cnn.exporting.tflite import mobile_model
+    from keras_cnn.exporting.verification import TestSet, rgb_expected
+    from keras_cnn.exporting.verification import measure as measure_artifact
 
     x, calibration = shipping.images_for(tuple(model.input_shape[1:]))
     model_bytes = tflite_bytes(model, shipping.variant, calibration, class_names=shipping.class_names)

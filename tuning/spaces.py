@@ -18,8 +18,8 @@ Pass your own function to `search(space=...)`, or its import path
 import dataclasses
 import importlib
 
-from keras_cnn.options import ACTIVATIONS, AUGMENT_PRESETS, DOWNSAMPLES
-from keras_cnn.recipes import RECIPES
+from keras_cnn.models.options import ACTIVATIONS, AUGMENT_PRESETS, DOWNSAMPLES
+from keras_cnn.training.recipes import RECIPES
 
 
 @dataclasses.dataclass(frozen=True)

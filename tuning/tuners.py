@@ -5,7 +5,7 @@
 after repeated crashes rather than repeated rejections. `HyperbandOracle` gives a rejected
 configuration's place back; `ParEGOOracle` steers a Bayesian search with several objectives.
 
-keras-tuner's private API is used here and in `tuning.search` only, each use pinned by a test in
+keras-tuner's private API is used here only, each use pinned by a test in
 tests/test_tuning.py ("private API"): `BaseTuner._populate_initial_space` and
 `Tuner._build_and_fit_model` are overridden (`ZooTuner`), `Tuner.__init__` is called past the concrete
 tuners' constructors, and `HyperbandOracle.end_trial` reads `_get_size`, `_get_num_brackets` and
@@ -19,9 +19,9 @@ import time
 import keras
 import keras_tuner
 
-from keras_cnn import io
 from keras_cnn.tuning import pareto
 from keras_cnn.tuning.results import RECORD_FILE, TRIALS_DIR
+from keras_cnn.utils import io
 
 MAX_CONSECUTIVE_CRASHES = 3
 # keras-tuner ends a search after `max_consecutive_failed_trials` FAILED trials in a row; rejected

@@ -4,7 +4,7 @@ keras.applications networks (ResNet50, ResNet50V2, MobileNetV2, MobileNetV3Small
 the zoo's own ResNet-18/34 without their top (`keras_cnn.build(..., include_top=False)`), each built as
 a Functional model named `backbone` from raw pixels, or from the pixels `preprocess_layer` prepared as
 the network's `preprocess_input` would. The transfer family (`keras_cnn.models.transfer`) puts a head
-on them; `keras_cnn.pretrained` finds their ImageNet weights.
+on them; `keras_cnn.models.pretrained` finds their ImageNet weights.
 
 EfficientNet's `Normalization` layer keeps its statistics in a form that `set_weights` does not
 refresh (Keras snapshots them on load), which would break cloning and export; it is replaced by an
@@ -14,7 +14,7 @@ correction of tensorflow/tensorflow#49930).
 """
 from typing import NamedTuple
 
-from keras_cnn.io import load_weights
+from keras_cnn.utils.io import load_weights
 
 BACKBONE_LAYER = "backbone"
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils, mode "caffe"
@@ -56,7 +56,7 @@ def build_backbone(spec, config, imagenet_file=None):
 
     shape = tuple(config["input_shape"])
     if spec.constructor.startswith("zoo:"):
-        from keras_cnn import registry
+        from keras_cnn.models import registry
 
         features = registry.build(spec.constructor[4:], input_shape=shape, include_top=False, width=config["width"])
         return keras.Model(features.input, features.output, name=BACKBONE_LAYER)

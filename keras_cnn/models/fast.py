@@ -11,17 +11,17 @@ head diverged at the learning rates used here). Flip test-time augmentation is
 `evaluate(..., tta="flip")`.
 
 airbench94's own network options are here too, and `--recipe airbench` turns them on
-(`keras_cnn.recipes.MODEL_OPTIONS`): `stem_init="whitening"` (a frozen 2x2 stem computed from the run's
-training images, `keras_cnn.initializers.whitening_filters`, 8 filters per input channel), identity-initialised
+(`keras_cnn.training.recipes.MODEL_OPTIONS`): `stem_init="whitening"` (a frozen 2x2 stem computed from the run's
+training images, `keras_cnn.models.initializers.whitening_filters`, 8 filters per input channel), identity-initialised
 convolutions (`kernel_initializer="dirac"`), batch norm without a learned scale and with momentum 0.6
 (`bn_scale`, `bn_momentum`, `bn_epsilon`), and a global max-pool head with logits scaled by 1/9 (`head="gmp"`,
-`head_scale`; airbench's `MaxPool2d(3)` of its 3x3 final map), and airbench's GELU (`keras_cnn.layers.GELU`,
+`head_scale`; airbench's `MaxPool2d(3)` of its 3x3 final map), and airbench's GELU (`keras_cnn.models.layers.GELU`,
 trained with fused kernels on a CPU). `--recipe airbench_muon` adds airbench94_muon's: a learned offset after
 the frozen stem (`stem_offset`) and a bias-free head (`head_bias`) with a unit-std kernel (`head_init`).
 """
-from keras_cnn import options
-from keras_cnn.registry import Spec, register_model
-from keras_cnn.shapes import Op
+from keras_cnn.models import options
+from keras_cnn.models.registry import Spec, register_model
+from keras_cnn.models.shapes import Op
 
 STEM_INITS = ("he_normal", "whitening")
 
@@ -86,7 +86,7 @@ def spatial_ops(config):
 
 def _stage(x, filters, prefix, config):
     """conv -> max pool -> [BN] -> act -> conv -> [BN] -> act."""
-    from keras_cnn import blocks
+    from keras_cnn.models import blocks
 
     x = blocks.conv(x, filters, f"{prefix}_conv1", config)
     x = blocks.pool(x, "maxpool", f"{prefix}_pool")
@@ -101,8 +101,8 @@ def build(config, *, name, **top):
     import keras
     from keras import layers
 
-    from keras_cnn import blocks
-    from keras_cnn.layers import Offset
+    from keras_cnn.models import blocks
+    from keras_cnn.models.layers import Offset
 
     whitening = config["stem_init"] == "whitening"  # frozen; `initialize_from_data` computes it
     # The whitening stem amplifies its weakest components many times over; bfloat16 pixels (8 bits of mantissa,
@@ -127,7 +127,7 @@ def initialize_from_data(model, config, data):
     `data` (a seeded random sample), as the model sees them (pixels / 255). `keras_cnn.train` calls it."""
     if config["stem_init"] != "whitening":
         return
-    from keras_cnn.initializers import WHITENING_IMAGES, whitening_filters
+    from keras_cnn.models.initializers import WHITENING_IMAGES, whitening_filters
 
     images, _ = data.arrays("train", image_shape=tuple(model.input_shape[1:]), limit=WHITENING_IMAGES)
     model.get_layer("stem_conv").set_weights(list(whitening_filters(images / 255.0)))

@@ -6,9 +6,9 @@ and the last stage may skip its downsampling (the compact net). Where the two
 commute (ReLU and max pooling), the activation is placed after the pool:
 the same function, computed on a quarter of the elements.
 """
-from keras_cnn import options
-from keras_cnn.registry import Spec, register_model
-from keras_cnn.shapes import Op
+from keras_cnn.models import options
+from keras_cnn.models.registry import Spec, register_model
+from keras_cnn.models.shapes import Op
 
 OPTIONS = {
     "padding": options.choice(options.PADDINGS),
@@ -114,7 +114,7 @@ def build(config, *, name, **top):
     """The network of `config`; `top` is `blocks.head`'s (num_classes, classifier_activation, include_top, pooling)."""
     import keras
 
-    from keras_cnn import blocks
+    from keras_cnn.models import blocks
 
     inputs, x = blocks.inputs_and_stem(config)
     if config["stem_filters"]:

@@ -4,9 +4,9 @@
 channels with strides 1/2/2/2, global average pooling. A basic block is
 conv-BN-act-conv-BN plus a shortcut (1x1 conv + BN when the shape changes), then act.
 """
-from keras_cnn import options
-from keras_cnn.registry import Spec, register_model
-from keras_cnn.shapes import Op
+from keras_cnn.models import options
+from keras_cnn.models.registry import Spec, register_model
+from keras_cnn.models.shapes import Op
 
 OPTIONS = {
     "blocks": options.int_tuple,
@@ -60,7 +60,8 @@ def resolve(config, *, explicit, name):
     return config
 
 
-def _stage_stride(config, index):
+def _stage_stride(index):
+    """Every stage after the first halves the map."""
     return 1 if index == 1 else 2
 
 
@@ -69,9 +70,9 @@ def spatial_ops(config):
     k = config["kernel_size"]
     ops = [Op("stem_conv", k, 1, "same")]
     for i in range(1, len(config["stage_filters"]) + 1):
-        if _stage_stride(config, i) == 2 and config["downsample"] != "stride":
+        if _stage_stride(i) == 2 and config["downsample"] != "stride":
             ops.append(Op(f"stage{i}_pool", 2, 2, "valid"))
-        elif _stage_stride(config, i) == 2:
+        elif _stage_stride(i) == 2:
             ops.append(Op(f"stage{i}_block1_conv1", k, 2, "same"))
     return ops
 
@@ -79,7 +80,7 @@ def spatial_ops(config):
 def _basic_block(x, filters, stride, prefix, config):
     from keras import layers
 
-    from keras_cnn import blocks
+    from keras_cnn.models import blocks
 
     shortcut = x
     y = blocks.conv_bn_act(x, filters, prefix, config, stride=stride, suffix="1")
@@ -97,12 +98,12 @@ def build(config, *, name, **top):
     """The network of `config`; `top` is `blocks.head`'s (num_classes, classifier_activation, include_top, pooling)."""
     import keras
 
-    from keras_cnn import blocks
+    from keras_cnn.models import blocks
 
     inputs, x = blocks.inputs_and_stem(config)
     x = blocks.conv_bn_act(x, config["stage_filters"][0], "stem", config)
     for i, (filters, count) in enumerate(zip(config["stage_filters"], config["stage_blocks"]), start=1):
-        stride = _stage_stride(config, i)
+        stride = _stage_stride(i)
         if stride == 2 and config["downsample"] != "stride":
             x = blocks.pool(x, config["downsample"], f"stage{i}_pool")
             stride = 1

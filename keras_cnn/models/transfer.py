@@ -30,7 +30,7 @@ a network, else a clear error naming the file and `keras-cnn weights download NA
 or a run folder containing one (a transfer model's backbone, or a zoo model's layers by name).
 A `.weights.h5` file of the whole transfer model (same head) also loads, as for every zoo model.
 The backbones themselves are `keras_cnn.models.backbones`'; finding, downloading and loading their
-weights is `keras_cnn.pretrained`'s.
+weights is `keras_cnn.models.pretrained`'s.
 
 `unfreeze(model, blocks)` makes the top blocks of the backbone trainable for fine-tuning (BatchNorm
 stays frozen); `fine_tune` is the family's second training phase, which `keras_cnn.train(...,
@@ -40,10 +40,10 @@ import logging
 import os
 import re
 
-from keras_cnn import options, pretrained
+from keras_cnn.models import options, pretrained
 from keras_cnn.models.backbones import BACKBONE_LAYER, BACKBONES, backbone_key, build_backbone, preprocess_layer
-from keras_cnn.registry import Spec, register_model
-from keras_cnn.shapes import Op
+from keras_cnn.models.registry import Spec, register_model
+from keras_cnn.models.shapes import Op
 
 logger = logging.getLogger("keras_cnn")
 
@@ -113,7 +113,7 @@ def resolve(config, *, explicit, name):
     spec = BACKBONES[config["backbone"]]
     config["stage_filters"] = ()
     if spec.constructor.startswith("zoo:"):
-        from keras_cnn import registry
+        from keras_cnn.models import registry
 
         config["stage_filters"] = registry.resolve(spec.constructor[4:], {"width": config["width"]})["stage_filters"]
     return config
@@ -156,8 +156,8 @@ def build(config, *, name, weights=None, **top):
     import keras
     from keras import layers
 
-    from keras_cnn import blocks
-    from keras_cnn.augment import augmentation
+    from keras_cnn.models import blocks
+    from keras_cnn.models.augment import augmentation
 
     spec = BACKBONES[config["backbone"]]
     shape = tuple(config["input_shape"])
@@ -306,11 +306,3 @@ def fine_tune(model, *, blocks=None, learning_rate):
     logger.info("%s: fine-tuning %d backbone block(s) (%s ... %s) at learning rate %g", model.name, len(names),
                 names[0], names[-1], rate)
     return {"learning_rate": rate, "blocks": names}
-
-
-def is_transfer_model(model):
-    try:
-        backbone_of(model)
-        return True
-    except ValueError:
-        return False

@@ -1,0 +1,401 @@
+"""Export a trained model for serving and mobile, and prove each artifact matches it.
+
+`export(run_dir_or_model)` writes, by default to `RUN_DIR/export/`:
+
+* `saved_model/`: a SavedModel with the serving signature `serve` (input `image`, float32 raw pixels
+  [0, 255], NHWC, any batch size; output `probabilities`);
+* `<model>_<quant>.tflite` for each of float32, float16, dynamic (dynamic-range) and int8 (full
+  integer, uint8 or int8 input and output), converted with TFLite's built-in ops only (an op that would
+  need the Flex delegate fails the export and is named), taking RGB images (a grayscale model converts
+  them inside) and carrying the TFLite metadata that MediaPipe Tasks reads: image size, colour space,
+  normalization, the labels packed in, the score range (`keras_cnn.exporting.tflite`);
+* `<model>.onnx` through Keras's ONNX exporter (the optional `.[onnx]` extra);
+
+and next to them `labels.txt`, one JSON sidecar per artifact (input shape and dtype, value range,
+quantization scale and zero-point, class names, source run) and `export_report.json`.
+
+What is exported is `inference_model(model)`: a float32 rebuild of the trained architecture with the
+trained weights, without the `augment` layer, called with `training=False`. That removes the two ways
+a direct export goes wrong: random augmentation ops and training-mode BatchNorm in the graph, and the
+bfloat16/float16 ops of a mixed-precision model, which TFLite's built-in kernels do not have.
+
+Nothing reaches `out_dir` unverified. Every artifact is written to a staging folder, loaded in its own
+runtime (TensorFlow, the LiteRT interpreter, ONNX Runtime) through `keras_cnn.artifacts.prediction`'s loaders and
+run on up to 2,000 held-out test images. A float32 artifact whose probabilities differ from the
+rebuild's by more than 1e-4 raises `ExportError` and is deleted; quantized artifacts whose top-1
+accuracy drops by more than `max_accuracy_drop` points are flagged in the report (with `rescue=True` an
+int8 model is converted again with some layers in float until it is within the drop). Each `.tflite`
+is also loaded from the file alone by MediaPipe Tasks' `ImageClassifier` (`keras_cnn.artifacts.mobile_client`): a
+float32 file it classifies differently from LiteRT (below 99% top-1 agreement), or any file whose category
+names are not the labels, fails the export like a parity failure. Only then, with their
+sidecars, labels.txt and the report written next to them, are the files renamed into place, so a failed
+or interrupted export leaves the previous files untouched.
+"""
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+from keras_cnn.artifacts import metadata as tflite_metadata
+from keras_cnn.artifacts.prediction import SIGNATURE, keras_artifact, load_artifact, sidecar_path
+from keras_cnn.exporting import tflite as tflite_export
+from keras_cnn.exporting.report import ExportReport, sidecar
+from keras_cnn.exporting.tflite import ExportError, flex_ops  # noqa: F401  part of this module's interface
+from keras_cnn.exporting.verification import PARITY_TOLERANCE, TestSet, agreement, flag, measure, rgb_expected, verify
+from keras_cnn.models import options
+from keras_cnn.utils.files import LABELS_FILE, MODEL_FILE
+from keras_cnn.utils.io import make_folder, write_json, write_text
+
+FORMATS = ("saved_model", "tflite", "onnx")
+QUANTIZATIONS = options.QUANTIZATIONS
+INTEGER_IO = options.INTEGER_IO
+MAX_TEST_IMAGES = 2000
+AUGMENT_LAYER = "augment"
+INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
+REPORT_FILE = "export_report.json"
+_RANDOM_IMAGES = 256  # parity check of a bare model exported without data
+
+
+def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("float32", "int8"), *, data=None,
+           io="uint8", max_accuracy_drop=1.0, rescue=False, calibration_samples=300, test_samples=MAX_TEST_IMAGES,
+           latency_runs=50, class_names=None, author=None, license=None, converter="saved_model", verbose=True):
+    """Export a run folder or a Keras model, verify every artifact, and return an `ExportReport`.
+
+    Args:
+        source: a run folder written by `keras_cnn.train`, or a `keras.Model` following the model contract.
+        out_dir: where the artifacts go; default `RUN_DIR/export` (required for a model object).
+        formats: any of "saved_model", "tflite", "onnx" (a tuple or a comma-separated string).
+        quantize: TFLite variants, any of "float32", "float16", "dynamic", "int8".
+        data: calibration and test data: an `ImageData`, a `load_data` spec or an (x, y) tuple;
+            default the run's own data. int8 needs it; without it other formats are checked on random images.
+        io: input/output type of the int8 TFLite model: "uint8" (raw pixels, what cameras and MediaPipe give)
+            or "int8".
+        max_accuracy_drop: top-1 accuracy points a quantized model may lose before it is flagged.
+        rescue: when int8 loses more than `max_accuracy_drop`, keep layers in float until it does not
+            (`tflite_export.rescue`).
+        calibration_samples: distinct training images for int8 calibration, 100 to 500.
+        test_samples: held-out test images for verification (at most 2,000).
+        latency_runs: batch-1 runs whose median is the reported latency.
+        class_names: the labels, in output order; default the run's, else the data's. TFLite files pack them.
+        author, license: written into the TFLite metadata.
+        converter: "saved_model" (TensorFlow's converter on the exported SavedModel) or "keras" (Keras's own
+            `model.export(format="litert")`, given the same settings); see docs/mobile.md for how they compare.
+        verbose: print the table (flagged rows in red on a terminal).
+    """
+    formats, quantize = _check_arguments(formats, quantize, io, calibration_samples, test_samples, converter)
+    model, name, class_names, run, precision, image_data = _resolve(source, data, class_names)
+    if out_dir is None and run is None:
+        raise ValueError("out_dir is required when exporting a model object. Received: out_dir=None")
+    run_dir = run.path if run else None
+    out_dir = os.path.abspath(out_dir or os.path.join(run.out_folder, "export"))
+    tflite = [q for q in quantize if "tflite" in formats]
+    if "int8" in tflite and image_data is None:
+        raise ExportError("int8 quantization needs calibration images from the training data, and none are "
+                          "available: pass data= (an ImageData, a load_data spec or (x, y); --data SPEC on the "
+                          "command line, e.g. --data folder:/path/to/cifar10). Received: data=None")
+    if tflite:
+        tflite_metadata.check_class_names(class_names)
+    class_names = list(class_names or map(str, range(max(model.output_shape[-1], 2))))
+
+    rebuild = inference_model(model)
+    shape = tuple(rebuild.input_shape[1:])
+    x_test, y_test, test_data = _test_set(image_data, shape, test_samples)
+    reference = keras_artifact(rebuild, class_names, name)
+    expected = reference.probabilities(x_test)
+    source_agreement = _check_rebuild(model, expected, x_test, precision)
+    calibration = calibration_images(image_data, shape, calibration_samples) if "int8" in tflite else None
+    card = _card(name, class_names, shape, run_dir, author, license)
+    phone = tflite_export.mobile_model(rebuild) if tflite else rebuild  # what the .tflite files are made of
+    test = TestSet(x_test, y_test, expected, latency_runs,
+                   rgb_expected(phone, x_test) if tflite and shape[-1] == 1 else None)
+
+    staging = tempfile.mkdtemp(prefix=".export-", dir=make_folder(out_dir, "out_dir"))
+    try:
+        staged, mobile = _stage((rebuild, phone), name, staging, formats, tflite, (io, converter), calibration,
+                                class_names, card)
+        rows = [measure(reference, "keras", "float32", test, os.path.join(run_dir, MODEL_FILE) if run_dir else None)]
+        artifacts = []
+        for fmt, quantization, path in staged:
+            artifact = load_artifact(path)
+            rows.append(verify(artifact, fmt, quantization, test, path, class_names))
+            artifacts.append((artifact, fmt, quantization))
+        flag(rows, max_accuracy_drop)
+        report = ExportReport(name, os.path.abspath(run_dir) if run_dir else None, out_dir, precision,
+                              source_agreement, test_data, len(x_test), 0 if calibration is None else len(calibration),
+                              max_accuracy_drop, rows)
+        if "int8" in tflite:
+            _int8_errors_and_rescue(report, mobile, staging, calibration, test, rescue, class_names, card)
+        _install(artifacts, staging, report, class_names)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if verbose:
+        print(report.table(color=sys.stdout.isatty()))
+    return report
+
+
+def inference_model(model):
+    """A float32 copy of `model` for inference: every layer but `augment`, rebuilt under float32, trained weights."""
+    import keras
+
+    def float32_clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    def skip_augment(layer, *args, **kwargs):
+        return args[0] if layer.name == AUGMENT_LAYER else layer(*args, **kwargs)
+
+    rebuilt = keras.models.clone_model(model, clone_function=float32_clone, call_function=skip_augment)
+    for layer in rebuilt.layers:
+        if layer.weights:  # by name: the clone keeps the names (input layers may be renamed, but have no weights)
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return rebuilt
+
+
+def _resolve(source, data, class_names):
+    """(model, name, class names, `Run` or None, precision, ImageData or None) of a run (folder) or model.
+
+    Class names come from `class_names`, else the run, else the data; a bare model gets numbers only for
+    formats that do not carry labels (TFLite metadata packs them: `tflite_metadata.check_class_names`)."""
+    import keras
+
+    from keras_cnn.artifacts import runs
+    from keras_cnn.evaluation.evaluate import check_compatible
+    from keras_cnn.training.precision import model_precision
+
+    if isinstance(source, keras.Model):
+        model, name, run = source, source.name, None
+        image_data = _image_data(data)
+    elif runs.is_run(source):
+        run = runs.as_run(source)
+        model, class_names = run.model, class_names or run.class_names
+        name = run.config.get("model", model.name)
+        image_data = _image_data(data) if data is not None else _run_data(run)
+    else:
+        raise ValueError(f"export takes a run (folder) or a keras.Model. Received: source={type(source).__name__}")
+    if image_data is not None:
+        check_compatible(model, image_data)
+    class_names = class_names or (image_data.class_names if image_data else None)
+    return model, name, class_names, run, model_precision(model), image_data
+
+
+def _image_data(data):
+    from keras_cnn.data.loading import ImageData, load_data
+
+    return data if data is None or isinstance(data, ImageData) else load_data(data)
+
+
+def _run_data(run):
+    """The data a run was trained on, split with its training seed (None if its config names none)."""
+    if run.data_spec is None:
+        return None
+    try:
+        return run.load_data()
+    except (ValueError, FileNotFoundError) as error:
+        raise ValueError(f"cannot load the data of {run.path} for calibration and verification; pass data= "
+                         f"to use other data. {error}") from None
+
+
+def _test_set(image_data, shape, limit):
+    """(x, y or None, description): the held-out test split, or random images when there is no data."""
+    if image_data is None:
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0, 255, (min(limit, _RANDOM_IMAGES), *shape)).astype(np.float32)
+        return x, None, "random images (no data given: parity only, no accuracy)"
+    if not image_data.sizes["test"]:
+        raise ExportError(f"{image_data.name} has no test split to verify the export on. "
+                          f"Received: data={image_data.name!r}")
+    x, y = image_data.arrays("test", image_shape=shape, limit=limit)
+    return x, y, f"test images of {image_data.name}"
+
+
+def tflite_bytes(model, quantization, calibration=None, *, class_names, io="uint8"):
+    """The `.tflite` file `export` writes for a model object in one variant (metadata included where MediaPipe is
+    installed), neither verified nor written: for measuring many candidate models, as a search does.
+    `calibration`: int8's images, from `calibration_images`."""
+    rebuild = inference_model(model)
+    phone = tflite_export.mobile_model(rebuild)
+    card = _card(model.name, class_names, tuple(rebuild.input_shape[1:]), None, None, None)
+    with tempfile.TemporaryDirectory(prefix=".tflite-") as staging:
+        mobile = os.path.join(staging, "saved_model")
+        _write_saved_model(phone, mobile)
+        model_bytes = tflite_export.convert(mobile, quantization, io, calibration)
+    if tflite_metadata.available():
+        model_bytes = tflite_export.with_metadata(model_bytes, name=model.name, class_names=class_names, card=card)
+    return model_bytes
+
+
+def calibration_images(image_data, shape, samples):
+    """Distinct un-augmented training images (validation if there is no train split), float32 [0, 255], in RGB as
+    the TFLite files take them (`tflite_export.mobile_model`)."""
+    split = "train" if image_data.sizes["train"] else "val"
+    x, _ = image_data.arrays(split, image_shape=shape, limit=samples)
+    return np.repeat(x, 3 // x.shape[-1], axis=-1)
+
+
+def _check_rebuild(model, expected, x, precision):
+    """Top-1 agreement (%) of the source model with its float32 rebuild; a float32 source must match exactly."""
+    original = keras_artifact(model).probabilities(x)
+    difference = float(np.abs(original - expected).max())
+    if precision == "float32" and difference > PARITY_TOLERANCE:
+        raise ExportError(f"the float32 rebuild of {model.name} differs from the model by {difference:.2e}; "
+                          "its layers do not rebuild from their configs")
+    return agreement(original, expected)
+
+
+def _stage(models, name, staging, formats, tflite, conversion, calibration, class_names, card):
+    """Write every requested artifact into `staging`. `models` is (the rebuild, its mobile version), `conversion`
+    (io, converter). Returns ([(format, quantization, path)], the SavedModel the TFLite files convert from)."""
+    (rebuild, phone), (io, converter) = models, conversion
+    saved_model = os.path.join(staging, "saved_model")
+    if "saved_model" in formats:
+        _write_saved_model(rebuild, saved_model)
+    staged = [("saved_model", "float32", saved_model)] if "saved_model" in formats else []
+    mobile = saved_model if phone is rebuild and "saved_model" in formats else None  # the same model: reuse it
+    if tflite and mobile is None:
+        mobile = os.path.join(staging, ".mobile_saved_model")  # not installed
+        _write_saved_model(phone, mobile)
+    for quantization in tflite:
+        model_bytes = (tflite_export.convert_with_keras(phone, quantization, io, calibration) if converter == "keras"
+                       else tflite_export.convert(mobile, quantization, io, calibration))
+        staged.append(("tflite", quantization, _write_tflite(model_bytes, staging, name, quantization, class_names,
+                                                             card)))
+    if "onnx" in formats:
+        staged.append(("onnx", "float32", _write_onnx(rebuild, os.path.join(staging, f"{name}.onnx"))))
+    return staged, mobile
+
+
+def _write_tflite(model_bytes, staging, name, quantization, class_names, card):
+    """The `.tflite` file in `staging`, with its metadata where MediaPipe (which writes it) is installed."""
+    if tflite_metadata.available():
+        model_bytes = tflite_export.with_metadata(model_bytes, name=name, class_names=class_names, card=card)
+    path = os.path.join(staging, f"{name}_{quantization}.tflite")
+    with open(path, "wb") as handle:
+        handle.write(model_bytes)
+    return path
+
+
+def _int8_errors_and_rescue(report, mobile, staging, calibration, test, rescue, class_names, card):
+    """Per-layer int8 errors into the report; with `rescue` and a flagged int8 row, the rescued file replaces it.
+    `mobile` is the SavedModel the TFLite files were converted from."""
+    report.int8_layers = tflite_export.layer_errors(mobile, calibration)
+    index, row = next((i, row) for i, row in enumerate(report.rows) if row["quantization"] == "int8")
+    if not (rescue and row["flagged"]):
+        return
+    path = os.path.join(staging, row["artifact"])
+
+    def accuracy(model_bytes):
+        _write_tflite(model_bytes, staging, report.model, "int8", class_names, card)
+        return measure(load_artifact(path), "tflite", "int8", test, path, timed=False)["accuracy_pct"]
+
+    target = report.rows[0]["accuracy_pct"] - report.max_accuracy_drop
+    layers = [layer["tensor"] for layer in report.int8_layers if layer["rmse_per_scale"]]  # 0: exact in int8
+    model_bytes, kept, sensitivity = tflite_export.rescue(mobile, calibration, layers, accuracy, target)
+    by_tensor = {entry["tensor"]: entry["accuracy_pct"] for entry in sensitivity}
+    for layer in report.int8_layers:
+        layer["accuracy_pct_in_float"] = by_tensor.get(layer["tensor"])
+    if model_bytes is None:
+        raise ExportError(f"int8 stays more than {report.max_accuracy_drop} points below Keras even with every "
+                          "layer that int8 changes in float; export without int8 or allow a larger drop. "
+                          "Received: rescue=True")
+    accuracy(model_bytes)  # the file in staging is the rescued model again
+    report.rows[index] = verify(load_artifact(path), "tflite", "int8", test, path, class_names)
+    flag(report.rows, report.max_accuracy_drop)
+    report.rescued_float_layers = kept
+
+
+def _install(artifacts, staging, report, class_names):
+    """Write the sidecars, labels.txt and the report into `staging` next to the verified artifacts, then move
+    everything into `report.out_dir`: a writer that fails leaves the previous export as it was."""
+    files = []
+    for artifact, fmt, quantization in artifacts:
+        final = os.path.join(report.out_dir, os.path.basename(artifact.path))
+        write_json(sidecar_path(artifact.path), sidecar(artifact, final, fmt, quantization, report, class_names))
+        files += [artifact.path, sidecar_path(artifact.path)]
+    write_text(os.path.join(staging, LABELS_FILE), "".join(f"{c}\n" for c in class_names))
+    write_json(os.path.join(staging, REPORT_FILE), report.to_dict())
+    for staged in [*files, os.path.join(staging, LABELS_FILE), os.path.join(staging, REPORT_FILE)]:
+        _move(staged, os.path.join(report.out_dir, os.path.basename(staged)), staging)
+
+
+def _write_saved_model(model, path):
+    """The rebuild as a SavedModel whose `serve` signature maps `image` to `probabilities`, training=False."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name=SIGNATURE,
+        fn=lambda image: {OUTPUT_NAME: model(image, training=False)},
+        input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name=INPUT_NAME)],
+    )
+    # The file serves inference: leaving out the training-only custom gradients (the timed kernel gradients
+    # of `keras_cnn.models.layers.Conv2D`) spares tracing them, which would time the methods for nothing.
+    archive.write_out(path, options=tf.saved_model.SaveOptions(experimental_custom_gradients=False), verbose=False)
+
+
+def _require_onnx():
+    missing = [module for module in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ExportError(f"ONNX export needs {', '.join(missing)}, which are not installed: "
+                          f'pip install -e ".[onnx]". Received: formats=onnx')
+
+
+def _write_onnx(model, path):
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name=INPUT_NAME)
+    model.export(path, format="onnx", verbose=False, input_signature=[spec])
+    return path
+
+
+def _move(staged, final, staging):
+    """Move a staged file or folder over `final`; an old folder is swapped out first, then deleted."""
+    if os.path.isdir(staged) and os.path.exists(final):
+        old = os.path.join(staging, ".replaced")
+        os.replace(final, old)
+        os.replace(staged, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(staged, final)
+
+
+def _choices(name, values, allowed):
+    values = tuple(v.strip() for v in values.split(",")) if isinstance(values, str) else tuple(values)
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise ValueError(f"{name} must be one or more of {', '.join(allowed)}. Received: {name}={values!r}")
+    return tuple(dict.fromkeys(values))
+
+
+def _card(name, class_names, shape, run_dir, author, license):
+    """What the TFLite metadata says about the model: description, author, licence, version."""
+    return {"description": _description(name, class_names, shape, run_dir), "author": author, "license": license,
+            "version": os.path.basename(os.path.normpath(run_dir)) if run_dir else "1"}
+
+
+def _description(name, class_names, shape, run_dir):
+    height, width, _ = shape
+    source = f" ({os.path.basename(os.path.normpath(run_dir))})" if run_dir else ""
+    return (f"{name}{source}: a keras-cnn image classifier of {len(class_names)} classes; takes {height}x{width} "
+            "RGB images with raw pixel values, gives class probabilities.")
+
+
+def _check_arguments(formats, quantize, io, calibration_samples, test_samples, converter):
+    """(formats, quantize) as tuples, after checking every argument that needs no model or data."""
+    formats = _choices("formats", formats, FORMATS)
+    quantize = _choices("quantize", quantize, QUANTIZATIONS)
+    if io not in INTEGER_IO:
+        raise ValueError(f"io must be one of {INTEGER_IO}. Received: io={io!r}")
+    if converter not in tflite_export.CONVERTERS:
+        raise ValueError(f"converter must be one of {tflite_export.CONVERTERS}. Received: converter={converter!r}")
+    if not 100 <= calibration_samples <= 500:
+        raise ValueError("calibration_samples must be in [100, 500]. "
+                         f"Received: calibration_samples={calibration_samples!r}")
+    if not 1 <= test_samples <= MAX_TEST_IMAGES:
+        raise ValueError(f"test_samples must be in [1, {MAX_TEST_IMAGES}]. Received: test_samples={test_samples!r}")
+    if "onnx" in formats:
+        _require_onnx()
+    return formats, quantize

@@ -1,0 +1,20 @@
+"""The names of the files keras-cnn writes and reads back, for every folder it owns.
+
+A run folder (`keras_cnn.artifacts.runs.Run`) and an export folder (`keras_cnn.exporting`) share the
+model and label files; any layer may need to find them (a run folder passed as `weights=`, the labels
+beside an exported file), so they are named here, below every package, once.
+"""
+import os
+
+MODEL_FILE = "model.keras"  # a run folder's trained model
+LABELS_FILE = "labels.txt"  # one class name a line, in the model's output order
+CONFIG_FILE = "config.json"  # how a run folder was made
+
+
+def keras_home():
+    """Keras's own folder, where its cache lives: $KERAS_HOME, by default ~/.keras (/tmp/.keras when that is
+    read-only, Keras's own fallback)."""
+    home = os.path.expanduser(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")))
+    if os.path.isdir(home) and not os.access(home, os.W_OK):
+        home = os.path.join("/tmp", ".keras")
+    return home
