@@ -319,6 +319,8 @@ def main(argv=None):
 
     args = parser().parse_args(argv)
     _configure_logging()
+    for library in () if args.verbose else ("absl", "tensorflow"):  # their warnings speak of TensorFlow's insides
+        logging.getLogger(library).setLevel(logging.ERROR)
     try:
         with contextlib.nullcontext() if args.verbose else _native_logs_dropped():
             status = HANDLERS[args.handler](args)

@@ -120,8 +120,11 @@ def test_export_prints_only_keras_cnns_own_lines_unless_verbose(run_dir, tmp_pat
     assert quiet.returncode == 0, quiet.stderr
     lines = (quiet.stdout + quiet.stderr).splitlines()
     assert any(line.startswith("small_int8.tflite") for line in lines)  # the report is there
+    progress = [line for line in quiet.stderr.splitlines() if line.startswith("verifying 2 artifacts")]
+    assert [line.split(": ")[1] for line in progress] == ["1/2 saved_model", "2/2 small_int8.tflite"]  # not a TTY
     assert not [line for line in lines if cli.NATIVE_LOG.match(line)]
-    assert not [line for line in lines if "XNNPACK" in line or "fully_quantize" in line or "I0000" in line]
+    assert not [line for line in lines if any(word in line for word in ("XNNPACK", "fully_quantize", "I0000",
+                                                                         "WARNING:absl", "WARNING:tensorflow"))]
     verbose = run("-v", "export", run_dir, "--quantize", "int8", "--out", str(tmp_path / "verbose"))
     assert verbose.returncode == 0 and "fully_quantize: " in verbose.stderr  # the converter's own line
 

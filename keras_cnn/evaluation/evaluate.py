@@ -19,6 +19,7 @@ import numpy as np
 
 from keras_cnn.models.options import TTA_LEVELS
 from keras_cnn.utils.files import MODEL_FILE
+from keras_cnn.utils.progress import Progress
 
 TTA = (None, "flip", "flip+translate")
 # level -> (view, weight): a view is (horizontal flip, shift in pixels down and right)
@@ -100,9 +101,13 @@ def predict_levels(model, dataset, tta=None):
     tta = _check_tta(tta)
     levels = TTA[:TTA.index(tta) + 1]
     predicted = {}
-    for flip, shift in {v for level in levels for v, _ in TTA_VIEWS[level]}:
+    views = sorted({v for level in levels for v, _ in TTA_VIEWS[level]})
+    progress = Progress(len(views), f"test-time augmentation {tta}: {len(views)} views") if len(views) > 1 else None
+    for flip, shift in views:
         images = dataset.map(lambda x, y, flip=flip, shift=shift: view(x, flip, shift))
         predicted[flip, shift] = np.asarray(model.predict(images, verbose=0), dtype=np.float64)
+        if progress:
+            progress.step(f"flip={flip} shift={shift}")
     averaged = {level: sum(weight * predicted[v] for v, weight in TTA_VIEWS[level]) for level in levels}
     labels = np.concatenate([np.argmax(y, axis=-1) if y.shape[-1] > 1 else y[:, 0]
                              for _, y in dataset.as_numpy_iterator()])

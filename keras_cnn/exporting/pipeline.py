@@ -48,6 +48,7 @@ from keras_cnn.exporting.verification import PARITY_TOLERANCE, TestSet, agreemen
 from keras_cnn.models import options
 from keras_cnn.utils.files import LABELS_FILE, MODEL_FILE
 from keras_cnn.utils.io import make_folder, write_json, write_text
+from keras_cnn.utils.progress import Progress
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = options.QUANTIZATIONS
@@ -118,10 +119,12 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
                                 class_names, card)
         rows = [measure(reference, "keras", "float32", test, os.path.join(run_dir, MODEL_FILE) if run_dir else None)]
         artifacts = []
+        progress = Progress(len(staged), f"verifying {len(staged)} artifacts on {len(x_test)} images")
         for fmt, quantization, path in staged:
             artifact = load_artifact(path)
             rows.append(verify(artifact, fmt, quantization, test, path, class_names))
             artifacts.append((artifact, fmt, quantization))
+            progress.step(os.path.basename(path))
         flag(rows, max_accuracy_drop)
         report = ExportReport(name, os.path.abspath(run_dir) if run_dir else None, out_dir, precision,
                               source_agreement, test_data, len(x_test), 0 if calibration is None else len(calibration),

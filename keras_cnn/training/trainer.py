@@ -353,8 +353,7 @@ def _initialize_from_data(model, name, overrides, data):
 
 
 def _build(name, policy, *, weights, **kwargs):
-    """Build under `policy` without leaving it as the process-wide default. A shipped checkpoint (`weights` a data
-    set name) fine-tunes: its classification head starts new when the data has other classes."""
+    """Build under `policy`, not left as the default; from a checkpoint (`weights="cifar10"`), new head if needed."""
     import keras
 
     from keras_cnn.models import checkpoints, registry
