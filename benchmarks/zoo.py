@@ -10,8 +10,10 @@
 with) into saved_models/zoo/<model>-<dataset>/. `pack` stores a run's weights in keras_cnn/models/weights/,
 as float16 where that leaves every test figure of the float32 weights unchanged (the whole test split, plain
 and at every test-time augmentation level), else as float32, and writes its manifest entry. `results`
-measures every shipped checkpoint: top-1 plain and with its best TTA, parameters, MACs, float32 and int8 TFLite sizes, int8
-top-1 and batch-1 latency (the export's own verification on up to 2,000 test images). Not a unit test.
+measures every shipped checkpoint: top-1 plain and with its best TTA, parameters, MACs, float32 and int8
+TFLite sizes, int8 top-1 and batch-1 latency (the export's own verification on up to 2,000 test images).
+`finetune` trains from a checkpoint beside from scratch; `docs` writes the tables into docs/zoo.md. Not a
+unit test.
 """
 import argparse
 import csv
@@ -96,9 +98,19 @@ def cmd_pack(args):
              "accuracy": round(packed["none"], 4),
              "accuracy_tta": {level: round(value, 4) for level, value in packed.items() if level != "none"},
              "train_minutes": round(run.config["train_seconds"] / 60, 1), "machine": run.config["machine"]["cpu"],
-             "storage": storage, "license": LICENSES[dataset]}
+             "storage": storage, "license": LICENSES[dataset],
+             "preprocessing": preprocessing(run.config["input_shape"])}
     write_manifest(entry)
     print(f"packed {path} ({os.path.getsize(path) / 1024:.0f} KB)")
+
+
+def preprocessing(input_shape):
+    """The model contract for one checkpoint, in words."""
+    height, width, channels = input_shape
+    pixels = "RGB" if channels == 3 else "grayscale"
+    return (f"raw {pixels} pixels in [0, 255], float32, {height}x{width}x{channels} channels last (other sizes "
+            "resized, gray and RGB converted, as keras-cnn's data pipeline and predict do); the model's "
+            "`preprocess` layer rescales them; softmax `predictions` in the order of class_names")
 
 
 def write_manifest(entry):

@@ -51,6 +51,7 @@ def test_the_manifest_ships_the_promised_checkpoints_within_the_budget():
         assert checkpoints.sha256(checkpoint.path) == checkpoint.sha256, checkpoint.file
         assert checkpoint.command.startswith(f"keras-cnn train {model} ")
         assert checkpoint.storage in ("float16", "float32")
+        assert checkpoint.preprocessing.startswith("raw ") and "[0, 255]" in checkpoint.preprocessing
         total += os.path.getsize(checkpoint.path)
     assert total <= 20 * 2**20  # the stated budget: docs/zoo.md
     assert keras_cnn.list_models(pretrained=True) == sorted({model for model, _ in shipped})

@@ -184,13 +184,18 @@ def checkpoint_folder(spec):
     finally:
         keras.config.set_dtype_policy(previous)
     run.write_labels(checkpoint.class_names)
-    run.config = {"model": checkpoint.model, "data": checkpoint.data or None,
-                  "input_shape": list(checkpoint.input_shape), "num_classes": len(checkpoint.class_names), "class_names": list(checkpoint.class_names),
-                  "precision": "float32", "arguments": {"seed": 0, "recipe": checkpoint.recipe},
-                  "checkpoint": {"spec": checkpoint.spec, "sha256": checkpoint.sha256, "command": checkpoint.command},
-                  "test_accuracy": checkpoint.accuracy}
+    run.config = _checkpoint_config(checkpoint)
     run.write_config()  # last: a folder with this config is complete
     return run.path
+
+
+def _checkpoint_config(checkpoint):
+    """config.json of a checkpoint's run folder: what `train` would have written, and where it came from."""
+    return {"model": checkpoint.model, "data": checkpoint.data or None, "input_shape": list(checkpoint.input_shape),
+            "num_classes": len(checkpoint.class_names), "class_names": list(checkpoint.class_names),
+            "precision": "float32", "arguments": {"seed": 0, "recipe": checkpoint.recipe},
+            "checkpoint": {"spec": checkpoint.spec, "sha256": checkpoint.sha256, "command": checkpoint.command},
+            "test_accuracy": checkpoint.accuracy}
 
 
 def is_run(source):

@@ -43,7 +43,8 @@ def batchnorm(name, config=None):
 
 
 def kernel_initializer(config):
-    """The family's conv initialiser; "dirac" starts each conv as the identity (`keras_cnn.models.initializers.Dirac`)."""
+    """The family's conv initialiser; "dirac" starts each conv as the identity
+    (`keras_cnn.models.initializers.Dirac`)."""
     name = config.get("kernel_initializer", "glorot_uniform")
     if name == "dirac":
         from keras_cnn.models.initializers import Dirac

@@ -5,8 +5,8 @@ keras.applications' `weights="imagenet"` or timm's `pretrained=True`; and weight
 
 `weights/manifest.json` beside this file lists each shipped checkpoint: its `.weights.h5` file (float16
 where that changes none of its test figures, else float32; loaded into float32 variables), sha256, class
-names, input shape, the model options it was trained with, the command that trains it again, its training
-time and machine, and its test accuracy.
+names, input shape, preprocessing contract, the model options it was trained with, the command that trains
+it again, its training time and machine, and its test accuracy.
 `weights/results.csv` is the measured table (`benchmarks/zoo.py results` writes it; docs/zoo.md shows it).
 This module is pure Python until a weights file is written or downloaded.
 """
@@ -48,6 +48,7 @@ class Checkpoint:
     machine: str
     storage: str  # the dtype of the stored weights
     license: str  # the data set's
+    preprocessing: str  # what the model takes (the model contract: raw pixels, rescaled inside)
 
     @property
     def path(self):

@@ -103,7 +103,7 @@ def resolve(name, overrides=None):
 
 def model_info(name, **overrides):
     """What a model is, without building it: family, defaults, options, the smallest input and its trained
-    weights ({dataset: accuracy, class names, input shape, file, sha256, command})."""
+    weights ({dataset: accuracy, class names, input shape, file, sha256, command, preprocessing})."""
     config = resolve(name, overrides)
     side = shapes.smallest_side(_family(name).spatial_ops(config))
     return {
@@ -116,7 +116,7 @@ def model_info(name, **overrides):
         "config": config,
         "weights": {dataset: {"accuracy": c.accuracy, "accuracy_tta": c.accuracy_tta,
                               "class_names": list(c.class_names), "input_shape": c.input_shape, "file": c.path,
-                              "sha256": c.sha256, "command": c.command}
+                              "sha256": c.sha256, "command": c.command, "preprocessing": c.preprocessing}
                     for dataset, c in checkpoints.available(name).items()},
     }
 
