@@ -198,8 +198,11 @@ def build_from_checkpoint(name, checkpoint, *, input_shape=None, num_classes=Non
     changed = {key: value for key, value in overrides.items() if checkpoint.options.get(key, "unset") != value}
     if input_shape is not None and tuple(input_shape) != checkpoint.input_shape:
         changed["input_shape"] = tuple(input_shape)
-    trained = build(name, input_shape=checkpoint.input_shape, num_classes=classes,
-                    weights=checkpoints.verified_path(checkpoint), **checkpoint.options)
+    path = checkpoints.verified_path(checkpoint)
+    if not changed and include_top and num_classes in (None, classes):  # the checkpoint's own architecture
+        return build(name, input_shape=checkpoint.input_shape, num_classes=classes, weights=path,
+                     **{**checkpoint.options, **kwargs})
+    trained = build(name, input_shape=checkpoint.input_shape, num_classes=classes, weights=path, **checkpoint.options)
     model = build(name, input_shape=input_shape or checkpoint.input_shape, num_classes=num_classes or classes,
                   **{**checkpoint.options, **kwargs})
     checkpoints.copy_weights(trained, model, checkpoint, changed, new_head=new_head)
