@@ -35,9 +35,9 @@ import numpy as np  # noqa: E402
 
 from keras_cnn import export, load  # noqa: E402
 from keras_cnn.artifacts.prediction import median_ms  # noqa: E402
+from keras_cnn.models.options import QUANTIZATIONS  # noqa: E402
 
 TARGETS = {"size_ratio": 0.27, "accuracy_delta_pts": 0.5, "float32_agreement_pct": 100.0, "latency_ratio": 0.5}
-QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 TORCH_NAMES = {"small": "small", "deeper": "deeper", "lenet": "lenet", "mnist_cnn": "mnist", "simple": "simple"}
 
 

@@ -140,14 +140,9 @@ def peer_time_to_accuracy(args, report):
 def plot(args, report):
     """Accuracy against epochs and against training minutes, one line per run of each JSON file, with airbench's
     published GPU accuracy as the reference line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from keras_cnn.analysis import viz
 
-    figure, (by_epoch, by_minute) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (by_epoch, by_minute) = viz.subplots(1, 2, figsize=(11, 4.2))
     for path, colour in zip(args.results, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
         with open(path) as handle:
             result = json.load(handle)
@@ -158,7 +153,8 @@ def plot(args, report):
             epochs = [point["epoch"] for point in run["curve"]]
             accuracy = [100 * point["accuracy"] for point in run["curve"]]
             by_epoch.plot(epochs, accuracy, color=colour, alpha=0.8, marker=".", label=label)
-            by_minute.plot([point["seconds"] / 60 for point in run["curve"]], accuracy, color=colour, alpha=0.8, marker=".")
+            by_minute.plot([point["seconds"] / 60 for point in run["curve"]], accuracy, color=colour, alpha=0.8,
+                           marker=".")
     for axis, xlabel in ((by_epoch, "epochs"), (by_minute, "training minutes")):
         axis.axhline(100 * AIRBENCH_GPU["accuracy"], color="grey", linestyle="--", linewidth=1,
                      label=None if axis is by_minute else "airbench94 published (A100, lossless CIFAR-10)")

@@ -28,7 +28,7 @@ print("cross-correlation (NumPy reference):\n", cross_correlation)
 print("true convolution (kernel flipped):\n", convolution)
 print("Keras Conv2D equals the cross-correlation:", np.allclose(keras_output, cross_correlation))
 
-figure, axes = viz.plt.subplots(1, 4, figsize=(13, 3.4))
+figure, axes = viz.subplots(1, 4, figsize=(13, 3.4))
 panels = [(image, "input image"), (sobel, "Sobel filter"), (cross_correlation, "NumPy reference"),
           (keras_output, "Keras Conv2D")]
 for axis, (data, title) in zip(axes, panels):

@@ -7,6 +7,7 @@ import pytest
 
 import keras_cnn
 from keras_cnn.models.augment import AlternatingFlip, RandomShift, augmentation
+from keras_cnn.utils import compat
 
 
 def _unique_pixels(n=64, side=16):
@@ -92,9 +93,9 @@ def test_randaugment_and_augmix_are_absent_from_the_exported_graph(preset):
 
     model = keras_cnn.build("small", input_shape=(16, 16, 3), width=0.125, augment=preset)
     kinds = {"randaugment": keras.layers.RandAugment, "augmix": keras.layers.AugMix}
-    assert any(isinstance(layer, kinds[preset]) for layer in model._flatten_layers())
+    assert any(isinstance(layer, kinds[preset]) for layer in compat.nested_layers(model))
     exported = inference_model(model)
-    assert not any(isinstance(layer, kinds[preset]) for layer in exported._flatten_layers())
+    assert not any(isinstance(layer, kinds[preset]) for layer in compat.nested_layers(exported))
     x = np.random.default_rng(0).uniform(0, 255, size=(4, 16, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(exported(x), model(x, training=False), atol=1e-5)
 

@@ -6,6 +6,7 @@ holding the fragment, and no traceback. No row may leave its output folder (`{ou
 `# was:` gave a traceback, a vague or multi-line message, or no error before this corpus was written.
 Odd images that are valid (CMYK, 16-bit, animated, 1x1) are read as documented, at the end.
 """
+import json
 import os
 import types
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 import keras_cnn
 from keras_cnn import cli
+from keras_cnn.artifacts import runs
 from keras_cnn.data.loading import read_image
 
 X = np.zeros((20, 8, 8), np.uint8)
@@ -170,6 +172,59 @@ def test_bad_input_gives_one_clear_line(kind, call, expected, fragment, paths, t
         assert fragment in stderr and len(stderr.strip().splitlines()) == 1, stderr
         assert "Traceback" not in stderr
     assert os.listdir(tmp_path) == []  # neither {out} nor a default run folder
+
+
+# ---------------------------------------------------------------- damaged images skipped on request
+@pytest.fixture
+def damaged_folder(tmp_path):
+    """An image folder (2 classes of 4 8x8 PNGs) with 3 damaged files: a JPEG cut in its header, a JPEG whose
+    header is sound but whose pixel data is cut short, and text named .jpg. Returns (folder, damaged files)."""
+    root = image_folder(tmp_path / "photos")
+    for name in ("a", "b"):
+        save(root / name / "3.png", Image.new("L", (8, 8), 200))
+    good = jpeg_bytes(tmp_path)
+    damaged = {root / "a" / "cut_header.jpg": good[:100], root / "b" / "cut_pixels.jpg": good[:len(good) // 2],
+               root / "b" / "page.jpg": b"<html>404 not found</html>\n"}
+    for path, data in damaged.items():
+        path.write_bytes(data)
+    return root, sorted(str(path) for path in damaged)
+
+
+TINY_TRAIN = "train small --epochs 1 --batch-size 4 --precision float32 --set width=0.25 --out {out}"
+
+
+def test_damaged_images_stop_training_by_default(damaged_folder, tmp_path, capsys):
+    root, _ = damaged_folder
+    status = cli.main(f"{TINY_TRAIN} --data folder:{root}".format(out=tmp_path / "run").split())
+    stderr = capsys.readouterr().err
+    assert status == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "cut_header.jpg is not a JPEG/PNG/BMP/GIF image or its header is cut short" in stderr
+    assert "--skip-bad-images" in stderr and not (tmp_path / "run").exists()
+
+
+def test_skip_bad_images_trains_and_lists_exactly_the_damaged_ones(damaged_folder, tmp_path, capsys):
+    root, damaged = damaged_folder
+    out = tmp_path / "run"
+    status = cli.main(f"{TINY_TRAIN} --data folder:{root} --skip-bad-images".format(out=out).split())
+    stderr = capsys.readouterr().err
+    assert status == 0, stderr
+    assert (out / "skipped_images.txt").read_text().splitlines() == damaged
+    assert f"photos: skipped 3 of 11 images that could not be decoded: see {out}/skipped_images.txt" in stderr
+    assert "Traceback" not in stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["data_options"]["skip_bad_images"] is True  # --config RUN and evaluate skip them again
+    data = runs.open_run(out).load_data()
+    assert data.skipped == damaged and sum(data.sizes.values()) == 8
+    assert sum(len(data.arrays(split)[0]) for split in ("train", "val", "test") if data.sizes[split]) == 8
+
+
+def test_a_folder_of_only_damaged_images_is_one_line(tmp_path):
+    root = tmp_path / "broken"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        (root / name / "x.jpg").write_text("not an image")
+    with pytest.raises(ValueError, match=r"none of the 2 images in .*broken could be decoded. Received: spec="):
+        keras_cnn.load_data(f"folder:{root}", skip_bad_images=True)
 
 
 # ---------------------------------------------------------------- odd images that are valid

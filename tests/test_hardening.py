@@ -5,8 +5,10 @@ epoch (or trial), resume with `--resume`, and check the finished folder. Every p
 killed by its own PID in a `finally` block.
 """
 import contextlib
+import functools
 import glob
 import json
+import logging
 import os
 import re
 import signal
@@ -146,6 +148,100 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     for trial, record in records.items():  # finished before the kill: not trained again
         assert (out / "trials" / f"trial_{trial}" / "trial.json").read_bytes() == record
     assert not temporaries(out)
+
+
+def tiny_search(tmp_path, monkeypatch):
+    """`search(max_trials=N, resume=...)`: TINY_SPACE's search of digits in tmp_path/tune, in this process."""
+    (tmp_path / "hardening_space.py").write_text(textwrap.dedent(TINY_SPACE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return functools.partial(keras_cnn.tune, "digits", space="hardening_space:tiny", epochs=1, seed=3,
+                             out=str(tmp_path / "tune"), retrain=False, verbose=0)
+
+
+def warnings_said(monkeypatch, caplog):
+    """The keras_cnn log lines `caplog` will hold (the command line's set-up stops them reaching the root logger)."""
+    logger = logging.getLogger("keras_cnn")
+    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
+    return lambda: [record.getMessage() for record in caplog.records]
+
+
+def test_a_search_killed_while_keras_tuner_wrote_its_state_resumes(tmp_path, monkeypatch, caplog):
+    """The window the kill test above hits by chance, on purpose: oracle.json cut short, tuner0.json empty and
+    the temporary of an interrupted write left, as a kill while keras-tuner wrote them left them."""
+    from keras_tuner.src import utils as keras_tuner_utils
+
+    search, in_place = tiny_search(tmp_path, monkeypatch), []
+    save_json = keras_tuner_utils.save_json
+    monkeypatch.setattr(keras_tuner_utils, "save_json",
+                        lambda path, data: in_place.append(path) or save_json(path, data))
+    search(max_trials=2)
+    assert not [path for path in in_place if os.path.basename(path) in ("oracle.json", "trial.json", "tuner0.json")]
+    trials = tmp_path / "tune" / "trials"
+    finished = {path: path.read_bytes() for path in trials.glob("trial_*/trial.json")}
+    oracle = (trials / "oracle.json").read_bytes()
+    (trials / "oracle.json").write_bytes(oracle[:len(oracle) // 2])
+    (trials / "tuner0.json").write_bytes(b"")
+    (trials / ".oracle.json.k1ll3d00.json").write_bytes(oracle[:10])
+    said = warnings_said(monkeypatch, caplog)
+
+    result = search(max_trials=3, resume=True)
+    assert [(row["trial"], row["status"]) for row in result.trials] == [("0", "COMPLETED"), ("1", "COMPLETED"),
+                                                                       ("2", "COMPLETED")]
+    assert {path: path.read_bytes() for path in finished} == finished  # not trained again
+    assert f"{trials / 'oracle.json'} was cut short (the search was stopped while keras-tuner wrote it): rebuilt " \
+           "from the files of its 2 trials" in said()
+    assert f"{trials / 'tuner0.json'} was empty (the search was stopped while keras-tuner wrote it): written again " \
+           "(keras-tuner keeps no state in it)" in said()
+    assert not temporaries(tmp_path / "tune")
+
+
+def test_a_trial_whose_file_was_cut_short_stays_failed_and_the_search_goes_on(tmp_path, monkeypatch, caplog):
+    search = tiny_search(tmp_path, monkeypatch)
+    search(max_trials=2)
+    trials = tmp_path / "tune" / "trials"
+    first = (trials / "trial_0" / "trial.json").read_bytes()
+    cut = trials / "trial_1" / "trial.json"
+    cut.write_bytes(cut.read_bytes()[:40])
+    said = warnings_said(monkeypatch, caplog)
+
+    rows = {row["trial"]: row for row in search(max_trials=3, resume=True).trials}
+    assert [rows[trial]["status"] for trial in "012"] == ["COMPLETED", "FAILED", "COMPLETED"]
+    assert rows["1"]["outcome"].startswith("lost: its trial.json was cut short") and not rows["1"]["hyperparameters"]
+    assert (trials / "trial_0" / "trial.json").read_bytes() == first
+    assert any(line.startswith(f"{cut} was cut short") and "its settings are lost" in line for line in said())
+
+
+def test_hyperbands_brackets_are_rebuilt_from_its_trials_as_it_kept_them(tmp_path):
+    """Hyperband's schedule, the one part of an oracle.json its trials' files do not hold as such, rebuilt after
+    every trial of a whole search (rejected trials among them) equals what the oracle kept."""
+    import keras_tuner
+    import numpy as np
+    from keras_cnn.tuning.tuners import HyperbandOracle
+
+    oracle = HyperbandOracle(objective=keras_tuner.Objective("score", "max"), max_epochs=9, factor=3, seed=1,
+                             max_consecutive_failed_trials=10**9)
+    oracle._set_project_dir(str(tmp_path), "trials")
+    space = keras_tuner.HyperParameters()
+    space.Float("x", 0, 1)
+    oracle.update_space(space)
+    rng = np.random.default_rng(0)
+
+    def incomplete(state):
+        return [b for b in state["brackets"]
+                if len(b["rounds"][-1]) != oracle._get_size(b["bracket_num"], len(b["rounds"]) - 1)]
+
+    statuses = []
+    while (trial := oracle.create_trial("tuner0")).status == "RUNNING":
+        oracle.update_trial(trial.trial_id, {"score": float(rng.random())})
+        trial.status = "FAILED" if rng.random() < 0.25 else "COMPLETED"
+        statuses.append(trial.status)
+        oracle.end_trial(trial)
+        kept = oracle.get_state()
+        rebuilt = oracle.rebuilt_brackets(sorted(oracle.trials.values(), key=lambda t: int(t.trial_id)))
+        assert incomplete(rebuilt) == incomplete(kept), trial.trial_id
+        assert (rebuilt["current_bracket"], rebuilt["current_iteration"]) == (kept["current_bracket"],
+                                                                              kept["current_iteration"])
+    assert len(statuses) > 20 and "FAILED" in statuses
 
 
 # ---------------------------------------------------------------- atomic artifacts

@@ -94,7 +94,7 @@ def test_a_gray_model_takes_rgb_and_converts_with_the_loaders_weights():
 
 def test_the_metadata_bridge_is_still_needed():
     """Fails the day a MediaPipe wheel ships its metadata-version module again: then delete the bridge."""
-    code = "from keras_cnn.artifacts import metadata as t; print(t.version_module_missing())"
+    code = "from keras_cnn.utils import compat; print(compat.mediapipe_version_module_missing())"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "True", result.stderr[-1000:]
 

@@ -26,6 +26,8 @@ import tempfile
 import keras_tuner
 import numpy as np
 
+from keras_cnn.models.options import positive_float
+
 BUDGETS = {  # budget argument -> the measured quantity it limits
     "max_params": "params",
     "max_macs": "macs",
@@ -43,8 +45,8 @@ def check(budgets):
         raise ValueError(f"unknown budget {unknown[0]!r}; budgets are {', '.join(BUDGETS)}. "
                          f"Received: {unknown[0]}={budgets[unknown[0]]!r}")
     for name, limit in budgets.items():
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
-            raise ValueError(f"`{name}` must be a number > 0. Received: {name}={limit!r}")
+        if limit is not None:
+            positive_float(name, limit)
     return {name: limit for name, limit in budgets.items() if limit is not None}
 
 

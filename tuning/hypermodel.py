@@ -116,7 +116,7 @@ def _check_imagenet(model, config):
         pretrained.check_imagenet_width(model, pretrained.BACKBONES[config["backbone"]], config)
         pretrained.imagenet_weights_file(model, config)
     except (ValueError, FileNotFoundError) as error:  # pretrained.WeightsUnavailable: not in the cache
-        raise keras_tuner.errors.FailedTrialError(f"no weights: {' '.join(str(error).split())}") from None
+        raise keras_tuner.errors.FailedTrialError(f"no weights: {' '.join(str(error).split())}") from error
 
 
 def _load_checkpoint(model, callbacks):

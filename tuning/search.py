@@ -29,7 +29,7 @@ and KERASTUNER_ORACLE_PORT. `distributed=True` starts the chief (listening on
 127.0.0.1 unless KERASTUNER_ORACLE_IP says otherwise) and `workers` workers on this
 machine; more machines join with `python -m keras_cnn.tuning FOLDER` (see docs/tuning.md).
 
-keras-tuner's tuners and oracles, and the private API they use, are in `tuning.tuners`.
+keras-tuner's tuners and oracles, and the private API they use, are in `tuning.tuners` and `tuning.recovery`.
 """
 import hashlib
 import json
@@ -43,6 +43,7 @@ import keras
 import keras_tuner
 
 import keras_cnn
+from keras_cnn.models.options import positive_int
 from keras_cnn.tuning import budgets as budget_checks
 from keras_cnn.tuning import pareto, results, shipping, spaces
 from keras_cnn.tuning.hypermodel import ZooHyperModel
@@ -136,6 +137,7 @@ def search(data="digits", *, space="cnn", tuner="random", max_trials=10, epochs=
                                                      "seed", "batch_size", "budgets", "objectives", "ship",
                                                      "executions_per_trial")}}
     folder = _open_folder(out, image_data.name, resume, settings, fingerprint)
+    image_data.report_skipped(folder)
     if distributed:
         _launch(folder, workers)
     else:
@@ -166,11 +168,9 @@ def _check_arguments(tuner, max_trials, epochs, max_epochs, factor, batch_size, 
     numbers = (("epochs", epochs, 1), ("max_trials", max_trials, 1)) if tuner != "hyperband" else \
         (("max_epochs", max_epochs, 1), ("factor", factor, 2))
     for name, value, minimum in (*numbers, ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+        positive_int(name, value, minimum)
     if distributed:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise ValueError(f"`workers` must be an integer >= 0. Received: workers={workers!r}")
+        positive_int("workers", workers, minimum=0)
         if not isinstance(data, str):
             raise ValueError("a distributed search loads the data in every process: pass a data spec "
                              f"('digits', 'folder:PATH', ...). Received: data=<{type(data).__name__}>")
@@ -196,9 +196,7 @@ def _check_objectives(objectives, export_front, tuner, latency_runs, max_latency
 
 def _check_shipping(ship, latency_runs, executions_per_trial):
     shipping.check(ship, latency_runs)
-    if isinstance(executions_per_trial, bool) or not isinstance(executions_per_trial, int) or executions_per_trial < 1:
-        raise ValueError(f"`executions_per_trial` must be an integer >= 1. "
-                         f"Received: executions_per_trial={executions_per_trial!r}")
+    positive_int("executions_per_trial", executions_per_trial)
 
 
 def _space_fingerprint(name, function):

@@ -186,5 +186,5 @@ def resolve(space):
     try:
         function = getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot import the space {space!r}: {error}. Received: space={space!r}") from None
+        raise ValueError(f"cannot import the space {space!r}: {error}. Received: space={space!r}") from error
     return space, function

@@ -5,13 +5,15 @@
 after repeated crashes rather than repeated rejections. `HyperbandOracle` gives a rejected
 configuration's place back; `ParEGOOracle` steers a Bayesian search with several objectives.
 
-keras-tuner's private API is used here only, each use pinned by a test in
+keras-tuner's private API is used here and in `tuning.recovery` only, each use pinned by a test in
 tests/test_tuning.py ("private API"): `BaseTuner._populate_initial_space` and
 `Tuner._build_and_fit_model` are overridden (`ZooTuner`), `Tuner.__init__` is called past the concrete
 tuners' constructors, and `HyperbandOracle.end_trial` reads `_get_size`, `_get_num_brackets` and
-`_brackets`; `ParEGOOracle` reads the oracle's `_random_state`.
+`_brackets`; `ParEGOOracle` reads the oracle's `_random_state`. Every tuner and oracle writes its state files
+atomically and repairs cut-short ones before reloading them (`tuning.recovery`): `BaseTuner.save`,
+`Oracle.save` and `Oracle._save_trial` are overridden, and the repair reads `_compute_values_hash` and, for
+Hyperband, `_get_epochs`, `_get_num_brackets`, `_current_bracket` and `_current_iteration`.
 """
-import contextlib
 import os
 import sys
 import time
@@ -19,9 +21,9 @@ import time
 import keras
 import keras_tuner
 
-from keras_cnn.tuning import pareto
+from keras_cnn.tuning import pareto, recovery
 from keras_cnn.tuning.results import RECORD_FILE, TRIALS_DIR
-from keras_cnn.utils import io
+from keras_cnn.utils import compat, io
 
 MAX_CONSECUTIVE_CRASHES = 3
 # keras-tuner ends a search after `max_consecutive_failed_trials` FAILED trials in a row; rejected
@@ -40,6 +42,8 @@ class ZooTuner(keras_tuner.Tuner):
         self.base_seed = base_seed
         self.consecutive_crashes = 0
         self.executions = []  # the running trial's records, one per execution (`executions_per_trial`)
+        recovery.repair(oracle, kwargs["hypermodel"], os.path.join(kwargs["directory"], kwargs["project_name"]),
+                        os.environ.get("KERASTUNER_TUNER_ID", "tuner0"), worker=self._is_worker())
         # Straight to Tuner: the concrete tuners' (RandomSearch, Hyperband) constructors only make their oracle.
         keras_tuner.Tuner.__init__(self, oracle=oracle, **kwargs)
 
@@ -49,6 +53,12 @@ class ZooTuner(keras_tuner.Tuner):
         hp = self.oracle.get_space()
         self.hypermodel.declare_hyperparameters(hp)
         self.oracle.update_space(hp)
+
+    def save(self):
+        """keras-tuner's, with the files written atomically (`tuning.recovery`)."""
+        if not self._is_worker():
+            self.oracle.save()
+        io.write_json(self._get_tuner_fname(), self.get_state())
 
     def run_trial(self, trial, *args, **kwargs):
         self.executions = []
@@ -60,7 +70,9 @@ class ZooTuner(keras_tuner.Tuner):
         # A trial repeats whoever runs it; its repeated trainings (executions_per_trial) differ.
         keras.utils.set_random_seed(self.base_seed + int(trial.trial_id) + _EXECUTION_SEED_STEP * len(self.executions))
         try:
-            with _custom_gradients_released():
+            # Keras's train step traces a `tf.custom_gradient` (the optimizer's all-reduce of the gradients), which
+            # would keep each trial's training graph alive past `clear_session()`: ~2.6 MB a trial on digits.
+            with compat.custom_gradients_released():
                 outcome = super()._build_and_fit_model(trial, *args, record=record, **kwargs)
             record["status"] = "trained"
             self.consecutive_crashes = 0
@@ -96,33 +108,11 @@ def trial_record(executions):
     return record
 
 
-@contextlib.contextmanager
-def _custom_gradients_released():
-    """Unregister the gradient functions that `tf.custom_gradient` registers inside the block.
-
-    Traced in a graph, `tf.custom_gradient` registers its gradient function in TensorFlow's global
-    gradient registry under a new name and never removes it; the function holds tensors of the traced
-    graph. Keras's train step calls one (the optimizer's all-reduce of the gradients), so each trained
-    model's training graph would outlive `clear_session()`: ~2.6 MB a trial on digits (tensorflow#97697,
-    #80895). The names are the trial's own, for graphs no one differentiates again once it has trained.
-    """
-    from tensorflow.python.framework import ops  # the registry has no public way to unregister
-
-    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", {})  # {}: nothing to release
-    before = set(registry)
-    try:
-        yield
-    finally:
-        for name in set(registry) - before:
-            if name.startswith("CustomGradient-"):
-                del registry[name]
-
-
 class HyperbandTuner(ZooTuner, keras_tuner.Hyperband):
     """Hyperband's trials: each trains for its bracket's epochs, continuing from a promoted trial's weights."""
 
 
-class HyperbandOracle(keras_tuner.oracles.HyperbandOracle):
+class HyperbandOracle(recovery.AtomicOracle, keras_tuner.oracles.HyperbandOracle):
     """Hyperband in which a rejected configuration gives its place in a bracket's first round to a new one.
 
     keras-tuner's continues a bracket's next round only when more of the previous round's trials
@@ -135,15 +125,49 @@ class HyperbandOracle(keras_tuner.oracles.HyperbandOracle):
     def end_trial(self, trial):
         super().end_trial(trial)
         failed = sum(other.status == "FAILED" for other in self.trials.values())
-        first_round = self.hyperband_iterations * sum(self._get_size(bracket, 0)
-                                                      for bracket in range(self._get_num_brackets()))
-        if self.trials[trial.trial_id].status == "FAILED" and failed <= first_round:
+        if self.trials[trial.trial_id].status == "FAILED" and failed <= self._first_round():
             for bracket in self._brackets:
                 bracket["rounds"][0] = [entry for entry in bracket["rounds"][0] if entry["id"] != trial.trial_id]
             self.save()
 
+    def _first_round(self):
+        brackets = range(self._get_num_brackets())
+        return self.hyperband_iterations * sum(self._get_size(bracket, 0) for bracket in brackets)
 
-class ParEGOOracle(keras_tuner.oracles.BayesianOptimizationOracle):
+    def rebuilt_brackets(self, trials):
+        """The brackets state after `trials` (in trial order), for an oracle.json rebuilt from the trials' files
+        (`tuning.recovery`), as `populate_space` and `end_trial` built it: a first-round trial joins the first
+        bracket its epochs name that has room, or opens the plan's next bracket (a rejected one then gives its
+        place back); a promoted trial joins the round after that of the trial it continues."""
+        brackets, where, failed = [], {}, 0
+        current, iteration = self._current_bracket, self._current_iteration
+        first_epochs = {self._get_epochs(bracket, 0): bracket for bracket in range(self._get_num_brackets())}
+        for trial in trials:
+            values = trial.hyperparameters.values
+            failed += trial.status == "FAILED"
+            if "tuner/round" not in values:  # a trial whose file was lost
+                continue
+            if values["tuner/round"]:
+                index, past_round = where[values["tuner/trial_id"]]
+                entry, round_num = {"past_id": values["tuner/trial_id"], "id": trial.trial_id}, past_round + 1
+            else:
+                number = first_epochs[values["tuner/epochs"]]
+                entry, round_num = {"past_id": None, "id": trial.trial_id}, 0
+                room = [i for i, b in enumerate(brackets) if b["bracket_num"] == number
+                        and len(b["rounds"][0]) < self._get_size(number, 0)]
+                if not room:
+                    iteration += bool(brackets) and number >= current  # the plan starts again from its top bracket
+                    current = number
+                    brackets.append({"bracket_num": number, "rounds": [[] for _ in range(number + 1)]})
+                index = room[0] if room else len(brackets) - 1
+                if trial.status == "FAILED" and failed <= self._first_round():
+                    continue
+            brackets[index]["rounds"][round_num].append(entry)
+            where[trial.trial_id] = (index, round_num)
+        return {"brackets": brackets or self._brackets, "current_bracket": current, "current_iteration": iteration}
+
+
+class ParEGOOracle(recovery.AtomicOracle, keras_tuner.oracles.BayesianOptimizationOracle):
     """Bayesian optimisation of several objectives the ParEGO way (Knowles 2006): before each proposal, a new
     random weight vector (uniform on the simplex) turns every completed trial's objectives into one number
     (`pareto.tchebycheff`), and keras-tuner's Gaussian process is fitted to that and maximises its upper
@@ -171,6 +195,14 @@ class ParEGOOracle(keras_tuner.oracles.BayesianOptimizationOracle):
                 trial.score = scores[trial.trial_id]
 
 
+class RandomSearchOracle(recovery.AtomicOracle, keras_tuner.oracles.RandomSearchOracle):
+    """keras-tuner's, with its files written atomically."""
+
+
+class BayesianOptimizationOracle(recovery.AtomicOracle, keras_tuner.oracles.BayesianOptimizationOracle):
+    """keras-tuner's, with its files written atomically."""
+
+
 def _last_values(trial):
     return {name: trial.metrics.get_last_value(name) for name in trial.metrics.metrics}
 
@@ -188,8 +220,7 @@ def make_tuner(folder, settings, hypermodel):
         oracle = ParEGOOracle(objectives=objectives, max_trials=settings["max_trials"],
                               num_initial_points=max(3, settings["max_trials"] // 4), **oracle_settings)
     else:
-        oracle_class = keras_tuner.oracles.RandomSearchOracle if settings["tuner"] == "random" else \
-            keras_tuner.oracles.BayesianOptimizationOracle
+        oracle_class = RandomSearchOracle if settings["tuner"] == "random" else BayesianOptimizationOracle
         oracle = oracle_class(max_trials=settings["max_trials"], **oracle_settings)
     tuner_class = HyperbandTuner if settings["tuner"] == "hyperband" else ZooTuner
     return tuner_class(oracle, hypermodel=hypermodel, directory=folder, project_name=TRIALS_DIR, overwrite=False,

@@ -1,27 +1,47 @@
-"""Pictures: training curves and confusion matrices, rendered headless (matplotlib Agg) to PNG."""
+"""Pictures: training curves and confusion matrices, rendered headless to PNG.
+
+Figures are matplotlib `Figure` objects drawn on their own Agg canvas (`new_figure`, `subplots`), the way
+matplotlib's documentation draws on servers: no display is needed and pyplot's process-wide backend and
+figure list are left alone, so importing this module changes nothing for a program that uses pyplot itself.
+"""
 import math
+import sys
 
-import matplotlib
+import matplotlib.ticker
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: no display on servers and CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+def new_figure(**kwargs):
+    """A `matplotlib.figure.Figure(**kwargs)` (figsize, layout, ...) on an Agg canvas of its own."""
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def subplots(rows=1, columns=1, *, figsize=None, layout=None, **kwargs):
+    """(figure, axes) as `pyplot.subplots` gives them, the figure made by `new_figure`; `kwargs` go to
+    `Figure.subplots` (squeeze, sharey, ...)."""
+    figure = new_figure(figsize=figsize, layout=layout)
+    return figure, figure.subplots(rows, columns, **kwargs)
 
 
 def save(figure, path, dpi=100):
-    """Write `figure` to `path` atomically and close it."""
+    """Write `figure` to `path` atomically; a pyplot figure is closed too."""
     from keras_cnn.utils.io import atomic_path
 
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=dpi, format="png")  # figsize x dpi pixels exactly
-    plt.close(figure)
+    pyplot = sys.modules.get("matplotlib.pyplot")  # loaded only by a caller that drew with it
+    if pyplot is not None:
+        pyplot.close(figure)
     return path
 
 
 def curves(history):
     """Loss and accuracy per epoch, train and validation, from a Keras history dict (or history.csv rows)."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure, axes = subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
     for axis, metric in zip(axes, ("loss", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
@@ -41,7 +61,7 @@ def confusion_matrix(matrix, class_names):
     """A labelled confusion matrix (rows: true class, columns: predicted), counts in the cells."""
     matrix = np.asarray(matrix)
     size = max(4, 0.5 * len(class_names) + 2)
-    figure, axis = plt.subplots(figsize=(size + 1, size))
+    figure, axis = subplots(figsize=(size + 1, size))
     image = axis.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axis, fraction=0.046)
     ticks = np.arange(len(class_names))
@@ -98,7 +118,7 @@ def feature_maps(model, image, layers=None, max_channels=MAX_CHANNELS):
     outputs = [np.asarray(o, dtype=np.float32)[0] for o in (outputs if isinstance(outputs, list) else [outputs])]
     blocks = [(name, maps, min(maps.shape[-1], max_channels)) for name, maps in zip(layers, outputs)]
     rows = [_grid(shown)[0] for _, _, shown in blocks]
-    figure = plt.figure(figsize=(12, 1.6 * sum(rows) + 0.6 * len(blocks)), layout="constrained")
+    figure = new_figure(figsize=(12, 1.6 * sum(rows) + 0.6 * len(blocks)), layout="constrained")
     parts = figure.subfigures(len(blocks), 1, height_ratios=[r + 0.4 for r in rows]) if len(blocks) > 1 else [figure]
     for part, (name, maps, shown) in zip(parts, blocks):
         height, width, channels = maps.shape
@@ -128,8 +148,8 @@ def filters(model, layer=None):
     kernel = np.asarray(model.get_layer(layer).kernel, dtype=np.float32)  # (kh, kw, in, out)
     count = min(kernel.shape[-1], 64)
     grid_rows, grid_columns = _grid(count)
-    figure, axes = plt.subplots(grid_rows, grid_columns, figsize=(1.4 * grid_columns, 1.5 * grid_rows + 0.5),
-                                squeeze=False)
+    figure, axes = subplots(grid_rows, grid_columns, figsize=(1.4 * grid_columns, 1.5 * grid_rows + 0.5),
+                            squeeze=False)
     for index, axis in enumerate(axes.ravel()):
         axis.axis("off")
         if index >= count:
@@ -158,7 +178,7 @@ def receptive_field(model_or_name, input_shape=None, **overrides):
     if not rows:
         raise ValueError(f"{summary.model} has no conv or pooling layers to chart")
     steps = np.arange(1, len(rows) + 1)
-    figure, axis = plt.subplots(figsize=(max(6, 0.45 * len(rows) + 3), 4.5))
+    figure, axis = subplots(figsize=(max(6, 0.45 * len(rows) + 3), 4.5))
     axis.plot(steps, [r.receptive_field for r in rows], "o-", label="receptive field (pixels)")
     axis.plot(steps, [r.output_shape[0] for r in rows], "s--", label="feature-map size (pixels)")
     axis.set_xticks(steps, [r.name for r in rows], rotation=60, ha="right", fontsize=8)
@@ -174,7 +194,7 @@ def receptive_field(model_or_name, input_shape=None, **overrides):
 def cam_overlay(images, heatmaps, titles):
     """Images (N, H, W, C) in [0, 255] with their Grad-CAM heat maps (N, H, W) in [0, 1] laid over them."""
     count = len(images)
-    figure, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.6), squeeze=False)
+    figure, axes = subplots(1, count, figsize=(3.2 * count, 3.6), squeeze=False)
     for axis, image, heatmap, title in zip(axes[0], images, heatmaps, titles):
         image = np.asarray(image, dtype=np.float32) / 255.0
         if image.shape[-1] == 1:
@@ -191,7 +211,7 @@ def cam_overlay(images, heatmaps, titles):
 def reliability_diagram(panels):
     """Accuracy against confidence per bin, one panel per {label: (lower edges, mean confidence, accuracy, counts,
     ECE)} as `keras_cnn.evaluation.calibration.reliability_panel` gives them, the ECE in the title."""
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    figure, axes = subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     for axis, (label, (lower, confidence, accuracy, counts, ece)) in zip(axes[0], panels.items()):
         width = 1.0 / len(lower)
         filled = counts > 0
@@ -215,7 +235,7 @@ def corruption_accuracy(results):
     """Accuracy against severity per corruption, one panel per `keras_cnn.evaluation.corruptions.Robustness`."""
     import os
 
-    figure, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False, sharey=True)
+    figure, axes = subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False, sharey=True)
     for axis, result in zip(axes[0], results):
         for name, row in result.accuracy_pct.items():
             axis.plot(range(0, len(row) + 1), [result.clean_accuracy_pct, *row], marker="o", markersize=3,
@@ -235,7 +255,7 @@ def pareto_front(points, front, *, ship="int8", references=()):
     latency as colour, the Pareto front `front` (some of `points`) circled, and the best accuracy within each
     size drawn as steps (a front of three objectives also holds points that win on latency alone);
     `references` are labelled extra points (models outside the search), drawn as black stars."""
-    figure, axis = plt.subplots(figsize=(8, 5))
+    figure, axis = subplots(figsize=(8, 5))
     everything = [*points, *references]
     latencies = [p.get("ship_latency_ms") for p in everything if p.get("ship_latency_ms") is not None]
     scale = dict(cmap="viridis", vmin=min(latencies), vmax=max(latencies)) if latencies else {}

@@ -8,19 +8,17 @@ range. `add_metadata` writes it with MediaPipe's own writer
 The bridge. MediaPipe's wheels from 0.10.30 on ship the metadata writers but not the native module
 they import, `mediapipe.tasks.cc.metadata.python._pywrap_metadata_version`, whose one function,
 `GetMinimumMetadataParserVersion`, stamps the oldest metadata parser that understands a buffer.
-`_install_version_module` supplies that function, computed by the rules of the metadata schema
-(`min_parser_version`), and only when MediaPipe lacks the module; `tests/test_tflite_metadata.py`
+`keras_cnn.utils.compat.install_mediapipe_version_module` supplies that function, computed by the rules of the
+metadata schema (`min_parser_version`), and only when MediaPipe lacks the module; `tests/test_mobile.py`
 fails the day a MediaPipe wheel ships it again, so that this bridge can go. The older ways, MediaPipe
 0.10.21 and `tflite-support` 0.4.4, pin protobuf below 5 and 4, which TensorFlow 2.21 cannot use.
 """
 import importlib.util
 import json
-import sys
 import types
 
-from keras_cnn.utils.files import LABELS_FILE
-
-_VERSION_MODULE = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
+from keras_cnn.utils import compat
+from keras_cnn.utils.files import LABELS_FILE, labels_text
 
 _FIRST_VERSION = (1, 0, 0)  # of the metadata schema; later members raise it (`min_parser_version`)
 
@@ -50,7 +48,7 @@ def add_metadata(model_bytes, *, name, description, version, author, license, cl
     _set_image_size(model_metadata, *image_size)
     populator = metadata.MetadataPopulator.with_model_buffer(bytearray(model_bytes))
     populator.load_metadata_buffer(_pack(model_metadata))
-    populator.load_associated_file_buffers({LABELS_FILE: "".join(f"{c}\n" for c in class_names).encode()})
+    populator.load_associated_file_buffers({LABELS_FILE: labels_text(class_names).encode()})
     populator.populate()
     return bytes(populator.get_model_buffer())
 
@@ -153,29 +151,11 @@ def _schema():
 def mediapipe_modules():
     """MediaPipe's `metadata` module and its writers, with the version module supplied where the wheel lacks it."""
     if not available():
-        raise ImportError('TFLite metadata is written with MediaPipe, which is not installed: pip install -e ".[mobile]"')
-    _install_version_module()
+        raise ImportError('TFLite metadata is written with MediaPipe, which is not installed: '
+                          'pip install -e ".[mobile]"')
+    compat.install_mediapipe_version_module(min_parser_version)
     from mediapipe.tasks.python.metadata import metadata
     from mediapipe.tasks.python.metadata.metadata_writers import image_classifier, metadata_writer
 
     return metadata, types.SimpleNamespace(image_classifier=image_classifier, metadata_writer=metadata_writer)
 
-
-def version_module_missing():
-    """Whether the installed MediaPipe lacks its native metadata-version module (the reason for the bridge)."""
-    parts = _VERSION_MODULE.split(".")
-    # Package by package: find_spec of a module whose parent is missing raises, and the traceback it leaves
-    # keeps MediaPipe's writers (whose __del__ needs `os`) alive until the interpreter shuts down.
-    return any(importlib.util.find_spec(".".join(parts[:end])) is None for end in range(3, len(parts) + 1))
-
-
-def _install_version_module():
-    if _VERSION_MODULE in sys.modules or not version_module_missing():
-        return
-    module = types.ModuleType(_VERSION_MODULE)
-    module.GetMinimumMetadataParserVersion = min_parser_version
-    parent = _VERSION_MODULE.rsplit(".", 1)[0]
-    for package in ("mediapipe.tasks.cc", "mediapipe.tasks.cc.metadata", parent):
-        sys.modules.setdefault(package, types.ModuleType(package))
-    sys.modules[_VERSION_MODULE] = module
-    sys.modules[parent]._pywrap_metadata_version = module

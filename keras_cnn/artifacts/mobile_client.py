@@ -34,7 +34,7 @@ class Classifier:
             self._classifier = vision.ImageClassifier.create_from_options(options)
         except (ValueError, RuntimeError) as error:
             raise ValueError(f"MediaPipe's ImageClassifier cannot load {path}: {first_line(error)}. "
-                             f"Received: artifact={str(path)!r}") from None
+                             f"Received: artifact={str(path)!r}") from error
         self.path = str(path)
 
     def classify(self, image):

@@ -1,13 +1,9 @@
 """Run a trained or exported model on image files: `predict(artifact, images, top=3)`.
 
-One loader per kind of artifact (a run folder or `model.keras`, a SavedModel
-folder, a `.tflite` file, a `.onnx` file) turns it into an `Artifact`: a
-function from float32 images in raw pixel units [0, 255] at the artifact's
-input (H, W, C) to class probabilities, plus its class names. Quantized
-TFLite inputs and outputs are converted with the scale and zero-point stored
-in the model, exactly as a mobile app does. `keras_cnn.exporting.pipeline` verifies every
-artifact through these same loaders, so what the export report measures is
-what `predict` and the CLI run.
+The artifact (a run folder or `model.keras`, a SavedModel folder, a `.tflite` file, a `.onnx` file) is loaded
+by `keras_cnn.artifacts.artifact.load_artifact`, the loader `keras_cnn.exporting.pipeline` verifies every
+artifact through, so what the export report measures is what `predict` and the CLI run. `load_artifact`,
+`keras_artifact`, `sidecar_path` and `SIGNATURE` are importable from here too.
 
 Image files get the training pipeline's handling (`keras_cnn.data.loading`): decoded
 by TensorFlow as RGB, converted to grayscale when the model takes one channel,
@@ -16,19 +12,14 @@ back to 8 bits. A missing or undecodable file becomes a one-line error in that
 image's result; the other images are still predicted.
 """
 import dataclasses
-import json
 import os
-import time
 
 import numpy as np
 
-from keras_cnn.artifacts.artifact import Artifact, interpreter
-from keras_cnn.models import checkpoints, options
-from keras_cnn.utils.files import LABELS_FILE
-from keras_cnn.utils.io import first_line
-
-_WARMUP = 3  # untimed calls before a latency measurement
-SIGNATURE = "serve"  # the SavedModel / TFLite signature keras_cnn.exporting.pipeline writes
+from keras_cnn.artifacts.artifact import SIGNATURE, keras_artifact, sidecar_path  # noqa: F401  loaders, by name
+from keras_cnn.artifacts.artifact import WARMUP, Artifact, load_artifact
+from keras_cnn.models import options
+from keras_cnn.utils.timing import median_seconds
 
 
 @dataclasses.dataclass
@@ -45,7 +36,6 @@ class Prediction:
         return f"{self.image}: " + ", ".join(f"{label} {probability:.3f}" for label, probability in self.top)
 
 
-CLIENTS = options.CLIENTS
 
 
 def predict(artifact, images, top=3, client=None):
@@ -53,7 +43,8 @@ def predict(artifact, images, top=3, client=None):
 
     `artifact` is a run folder (or the `Run` `keras_cnn.train` returns, or a shipped checkpoint "model:dataset"),
     a `.keras` file, a SavedModel folder, a `.tflite` or `.onnx` file (or an `Artifact` from `load_artifact`);
-    `images` is one path or a list of paths and/or numpy images in [0, 255]. Bad images are reported in their `Prediction.error`; nothing is raised for them.
+    `images` is one path or a list of paths and/or numpy images in [0, 255]. Bad images are reported in their
+    `Prediction.error`; nothing is raised for them.
     `client="mediapipe"` classifies a `.tflite` file with MediaPipe Tasks' `ImageClassifier` instead of
     LiteRT, reading the normalization and class names from the file's metadata alone (images are decoded
     and resized as for the other paths, then handed over as RGB frames).
@@ -62,7 +53,7 @@ def predict(artifact, images, top=3, client=None):
 
     if not isinstance(top, int) or isinstance(top, bool) or top < 1:
         raise ValueError(f"top must be a positive integer. Received: top={top!r}")
-    if client not in CLIENTS:
+    if client not in options.CLIENTS:
         raise ValueError(f"client must be 'mediapipe' or None. Received: client={client!r}")
     if client:
         from keras_cnn.artifacts import mobile_client
@@ -88,180 +79,12 @@ def predict(artifact, images, top=3, client=None):
     return results
 
 
-def load_artifact(path):
-    """Load `path` in its own runtime: run folder (or `Run`, or a shipped checkpoint "model:dataset") / `.keras`,
-    SavedModel folder, `.tflite` or `.onnx`."""
-    from keras_cnn.artifacts import runs
-
-    if isinstance(path, runs.Run) or checkpoints.is_checkpoint_spec(path):
-        run = runs.as_run(path)
-        return keras_artifact(run.model, run.class_names, run.path)
-    path = str(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"artifact not found: {path}. Received: artifact={path!r}")
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return _load_saved_model(path)
-    if os.path.isdir(path) or path.endswith(".keras"):
-        return _load_keras(path)
-    if path.endswith(".tflite"):
-        return _load_tflite(path)
-    if path.endswith(".onnx"):
-        return _load_onnx(path)
-    raise ValueError(f"cannot tell what {path} is: expected a run folder, a .keras file, a SavedModel folder, "
-                     f"a .tflite or an .onnx file. Received: artifact={path!r}")
-
-
-def keras_artifact(model, class_names=None, path=None):
-    """An in-memory Keras model as an `Artifact`: one `tf.function` of `model(x, training=False)` for any batch."""
-    import tensorflow as tf
-
-    input_shape = tuple(model.input_shape[1:])
-    serve = tf.function(lambda x: model(x, training=False),
-                        input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)])
-    outputs = model.output_shape[-1]
-    names = list(class_names) if class_names else _numbered(max(outputs, 2))
-    tensors = {"input": _spec("image", model.input_shape, "float32"),
-               "output": _spec("output", model.output_shape, "float32")}
-    return Artifact(path or model.name, "keras", input_shape, names,
-                    lambda x: np.asarray(serve(x), dtype=np.float32), tensors)
-
-
 def latency_ms(artifact, image, runs):
-    """Median wall time in ms of `runs` batch-1 calls of `artifact` on one image, after a warm-up."""
-    batch = np.asarray(image, dtype=np.float32)[np.newaxis]
-    return median_ms(lambda: artifact.run(batch), runs)
+    """Median wall time in ms of `runs` batch-1 calls of `artifact` on one image, after a warm-up
+    (`Artifact.latency_ms`)."""
+    return artifact.latency_ms(image, runs)
 
 
 def median_ms(call, runs):
     """Median wall time in ms of `runs` calls of `call()`, after a few warm-up calls."""
-    for _ in range(_WARMUP):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
-def sidecar_path(artifact_path):
-    """The JSON sidecar next to an artifact: `small_int8.tflite` -> `small_int8.json`."""
-    return os.path.splitext(os.path.normpath(str(artifact_path)))[0] + ".json"
-
-
-def _load_keras(path):
-    from keras_cnn.artifacts import runs
-    from keras_cnn.utils import io
-
-    if os.path.isdir(path):
-        run = runs.load(path)
-        return keras_artifact(run.model, run.class_names, path)
-    model = io.load_model(path)
-    labels = os.path.join(os.path.dirname(os.path.abspath(path)), LABELS_FILE)
-    return keras_artifact(model, _read_labels(labels) if os.path.isfile(labels) else None, path)
-
-
-def _load_saved_model(path):
-    import tensorflow as tf
-
-    try:
-        loaded = tf.saved_model.load(path)
-    except (OSError, ValueError) as error:  # a damaged saved_model.pb: "Cannot parse file ..."
-        raise ValueError(f"cannot load the SavedModel {path}: it is damaged ({first_line(error)}); export it again. "
-                         f"Received: artifact={path!r}") from None
-    signatures = loaded.signatures
-    name = SIGNATURE if SIGNATURE in signatures else "serving_default"
-    if name not in signatures:
-        raise ValueError(f"{path} has no {SIGNATURE!r} or 'serving_default' signature "
-                         f"(it has {sorted(signatures)}). Received: artifact={path!r}")
-    function = signatures[name]
-    (input_name, input_spec), = function.structured_input_signature[1].items()
-    (output_name, output_spec), = function.structured_outputs.items()
-
-    def run(x):  # goes through `loaded`, which owns the variables the signature reads
-        return loaded.signatures[name](**{input_name: tf.constant(x)})[output_name].numpy()
-
-    tensors = {"input": _spec(input_name, input_spec.shape, "float32"),
-          "output": _spec(output_name, output_spec.shape, "float32"), "signature": name}
-    return _artifact(path, "saved_model", tuple(input_spec.shape[1:]), run, tensors)
-
-
-def _load_tflite(path):
-    try:
-        runtime = interpreter(path)
-        runtime.allocate_tensors()
-    except (ValueError, RuntimeError) as error:  # "The model is not a valid Flatbuffer buffer", ...
-        raise ValueError(f"cannot load {path}: it is not a valid TFLite model ({first_line(error)}); export it "
-                         f"again. Received: artifact={path!r}") from None
-    inputs, outputs = runtime.get_input_details(), runtime.get_output_details()
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ValueError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; predict runs image "
-                         f"classifiers with one of each. Received: artifact={path!r}")
-    (input_detail,), (output_detail,) = inputs, outputs
-    in_scale, in_zero = input_detail["quantization"]
-    out_scale, out_zero = output_detail["quantization"]
-    in_dtype = input_detail["dtype"]
-
-    def run(x):
-        if runtime.get_input_details()[0]["shape"][0] != len(x):
-            runtime.resize_tensor_input(input_detail["index"], [len(x), *x.shape[1:]], strict=True)
-            runtime.allocate_tensors()
-        if in_scale:
-            info = np.iinfo(in_dtype)
-            x = np.clip(np.round(x / in_scale + in_zero), info.min, info.max)
-        runtime.set_tensor(input_detail["index"], x.astype(in_dtype))
-        runtime.invoke()
-        output = runtime.get_tensor(output_detail["index"]).astype(np.float32)
-        return (output - out_zero) * out_scale if out_scale else output
-
-    shape = tuple(int(d) for d in input_detail["shape_signature"])
-    tensors = {"input": _spec(input_detail["name"], shape, np.dtype(in_dtype).name, in_scale, in_zero),
-          "output": _spec(output_detail["name"], tuple(output_detail["shape_signature"]),
-                          np.dtype(output_detail["dtype"]).name, out_scale, out_zero)}
-    return _artifact(path, "tflite", shape[1:], run, tensors)
-
-
-def _load_onnx(path):
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ValueError(f'running {path} needs onnxruntime: pip install -e ".[onnx]". '
-                         f"Received: artifact={path!r}") from None
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (input_,), (output,) = session.get_inputs(), session.get_outputs()
-
-    def run(x):
-        return session.run([output.name], {input_.name: x})[0]
-
-    tensors = {"input": _spec(input_.name, input_.shape, "float32"),
-               "output": _spec(output.name, output.shape, "float32")}
-    return _artifact(path, "onnx", tuple(input_.shape[1:]), run, tensors)
-
-
-def _artifact(path, kind, input_shape, run, tensors):
-    """An exported artifact with the class names of its sidecar, else of labels.txt beside it, else numbers."""
-    sidecar, labels = sidecar_path(path), os.path.join(os.path.dirname(os.path.normpath(path)), LABELS_FILE)
-    if os.path.isfile(sidecar):
-        with open(sidecar, encoding="utf-8") as handle:
-            class_names = json.load(handle)["class_names"]
-    elif os.path.isfile(labels):
-        class_names = _read_labels(labels)
-    else:
-        class_names = _numbered(max(tensors["output"]["shape"][-1], 2))
-    return Artifact(path, kind, tuple(int(d) for d in input_shape), class_names, run, tensors)
-
-
-def _spec(name, shape, dtype, scale=0.0, zero_point=0):
-    """Input or output description for sidecars: shape with None batch, dtype, quantization or None."""
-    dims = [int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in list(shape)[1:]]
-    quantization = {"scale": float(scale), "zero_point": int(zero_point)} if scale else None
-    return {"name": name, "shape": [None, *dims], "dtype": dtype, "quantization": quantization}
-
-
-def _read_labels(path):
-    with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle if line.strip()]
-
-
-def _numbered(count):
-    return [str(i) for i in range(count)]
+    return median_seconds(call, runs, warmup=WARMUP) * 1000

@@ -10,6 +10,7 @@ file names are `keras_cnn.utils.files`' and this module's:
     history.csv      one row per epoch               metrics.json  the test metrics (`evaluate`)
     best.json        the best epoch so far, while training runs
     backup/          Keras's BackupAndRestore state, while training runs (for `resume`)
+    skipped_images.txt  the images `load_data(skip_bad_images=True)` could not decode and left out, one a line
 """
 import dataclasses
 import datetime
@@ -17,7 +18,7 @@ import json
 import os
 
 from keras_cnn.models import checkpoints
-from keras_cnn.utils import io
+from keras_cnn.utils import files, io
 from keras_cnn.utils.files import CONFIG_FILE, LABELS_FILE, MODEL_FILE, keras_home
 
 HISTORY_FILE = "history.csv"
@@ -30,8 +31,9 @@ BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
 REQUIRED_FILES = (MODEL_FILE, CONFIG_FILE, LABELS_FILE)
 DEFAULT_OUT = "saved_models"
-# `train` arguments a rerun (`keras-cnn train --config`) does not repeat: it gets a new folder and its own output.
-NOT_RERUN = ("out", "resume", "verbose")
+# `train` arguments a rerun (`keras-cnn train --config`) does not repeat: it gets a new folder and its own output,
+# and runs in one process unless told otherwise (`--distributed`).
+NOT_RERUN = ("out", "resume", "verbose", "distribution")
 
 
 @dataclasses.dataclass(eq=False)
@@ -77,20 +79,25 @@ class Run:
             try:
                 self.config = json.load(handle)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{self.path}/{CONFIG_FILE} is not valid JSON ({error}). {received}") from None
+                raise ValueError(f"{self.path}/{CONFIG_FILE} is not valid JSON ({error}). {received}") from error
         return self.config
 
     def write_config(self):
         io.write_json(self.file(CONFIG_FILE), self.config)
 
     def read_labels(self):
-        with open(self.file(LABELS_FILE), encoding="utf-8") as handle:
-            self.class_names = [line.rstrip("\n") for line in handle if line.strip()]
+        self.class_names = files.read_labels(self.file(LABELS_FILE))
         return self.class_names
 
     def write_labels(self, class_names):
         self.class_names = list(class_names)
-        io.write_text(self.file(LABELS_FILE), "".join(f"{name}\n" for name in self.class_names))
+        io.write_text(self.file(LABELS_FILE), files.labels_text(self.class_names))
+
+    def write_data_files(self, data):
+        """labels.txt of `data` (an `ImageData`) and, when it left undecodable images out, skipped_images.txt
+        with one line on screen saying so."""
+        self.write_labels(data.class_names)
+        data.report_skipped(self.path)
 
     def read_history(self):
         return read_history(self.file(HISTORY_FILE))

@@ -23,13 +23,15 @@ count. Every file with an image extension has its header read (a few bytes, no d
 that is not a JPEG/PNG/BMP/GIF, whose header is cut short, or that has more than ``image_files.MAX_IMAGE_PIXELS`` pixels
 (a decompression bomb: a 100 KB PNG can claim 10000x10000) fails with a ValueError naming it. A file whose
 header is fine but whose body TensorFlow cannot decode (truncated, 1-bit BMP) is dropped by the pipeline with
-a TensorFlow warning, so ``sizes`` counts it but batches do not contain it. CMYK JPEGs, 16-bit PNGs (scaled to
-8 bits), palette and transparent images are converted to RGB or grayscale; an animated GIF gives its first frame.
+a TensorFlow warning, so ``sizes`` counts it but batches do not contain it. With ``skip_bad_images=True`` every
+file is decoded once when listed and those that fail (unreadable, not an image, cut short) are left out of
+every split, named in ``ImageData.skipped`` (``report_skipped`` logs and lists them); only bombs still fail.
+CMYK JPEGs, 16-bit PNGs (scaled to 8 bits), palette and transparent images are converted to RGB or grayscale;
+an animated GIF gives its first frame.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import numbers
@@ -39,14 +41,15 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from keras_cnn.data.image_files import image_header
-from keras_cnn.utils.io import first_line
+from keras_cnn.data import image_files
+from keras_cnn.data.image_files import IMAGE_EXTENSIONS, image_header
+from keras_cnn.models.options import positive_int
+from keras_cnn.utils import io
+from keras_cnn.utils.files import SKIPPED_IMAGES_FILE
 
 logger = logging.getLogger("keras_cnn")
 
 SPLITS = ("train", "val", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-_HEADER_SAMPLE = 256  # files whose size and colour mode are read to pick the folder defaults
 # Splits are stored in a seeded random order, and every epoch reshuffles them through a buffer: the whole split
 # where its images fit in _SHUFFLE_BYTES (CIFAR-10's 50,000 take 150 MB), as PyTorch's and airbench's loaders draw
 # a new permutation each epoch; else _SHUFFLE_BUFFER images, a window sliding over the stored order.
@@ -90,6 +93,8 @@ class ImageData:
     image_shape: tuple[int, int, int]
     seed: int = 0
     spec: str | None = dataclasses.field(default=None, init=False)
+    skipped: list[str] = dataclasses.field(default_factory=list, init=False, repr=False)  # see report_skipped
+    _skips_told: bool = dataclasses.field(default=False, init=False, repr=False)
     _splits: dict[str, _Split] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -107,8 +112,7 @@ class ImageData:
         with ``seed`` or the load seed) -> batch -> prefetch. ``cache`` is True (memory), a file path, or
         False. ``image_shape`` (H, W, C) resizes and converts gray<->RGB when it differs from the stored shape.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+        batch_size = positive_int("batch_size", batch_size)
         ds = self._examples(split, image_shape)
         if cache:
             ds = ds.cache(cache if isinstance(cache, str) else "")
@@ -129,8 +133,7 @@ class ImageData:
 
         ``limit`` keeps the first examples; splits are stored in a seeded random order, so that is a sample.
         """
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"limit must be a positive integer or None. Received: limit={limit!r}")
+        limit = None if limit is None else positive_int("limit", limit)
         ds = self._examples(split, image_shape)
         if limit is not None:
             ds = ds.take(limit)
@@ -152,6 +155,20 @@ class ImageData:
         result.update({int(c): float(w) for c, w in zip(present, weights)})
         return result
 
+    def report_skipped(self, folder=None):
+        """Say in one line how many images ``skip_bad_images`` left out: once per ImageData, or with ``folder``
+        each time, listing them there, one path a line, in ``SKIPPED_IMAGES_FILE`` (written atomically)."""
+        if not self.skipped or (folder is None and self._skips_told):
+            return
+        count = (f"{self.name}: skipped {len(self.skipped):,} of {sum(self.sizes.values()) + len(self.skipped):,} "
+                 "images that could not be decoded")
+        if folder is None:
+            logger.warning("%s, e.g. %s", count, self.skipped[0])
+        else:
+            io.write_text(os.path.join(folder, SKIPPED_IMAGES_FILE), "".join(f"{file}\n" for file in self.skipped))
+            logger.warning("%s: see %s", count, os.path.join(folder, SKIPPED_IMAGES_FILE))
+        self._skips_told = True
+
     def _examples(self, split, image_shape):
         """The unbatched split, adapted to ``image_shape`` (one log line when that changes anything)."""
         if split not in SPLITS:
@@ -167,12 +184,15 @@ class ImageData:
 
 
 def load_data(spec, *, val_fraction=0.1, test_fraction=0.2, seed=0, data_dir=None, image_size=None,
-              color_mode=None, class_names=None) -> ImageData:
+              color_mode=None, class_names=None, skip_bad_images=False) -> ImageData:
     """Load ``spec`` (see the module docstring) as an ``ImageData``.
 
     ``image_size`` (H, W) or an int and ``color_mode`` ("rgb"/"grayscale") fix the stored image shape;
     by default it is the source's own (for folders: the most common size and rgb if any image is color,
-    palette images included, read from the headers of up to 256 sampled files). ``class_names`` names the labels of an (x, y) spec.
+    palette images included, read from the headers of up to 256 sampled files). ``class_names`` names the labels
+    of an (x, y) spec.
+    ``skip_bad_images``: folders only, leave out the files that cannot be decoded (see the module docstring)
+    rather than fail on the first whose header is bad; it decodes every image once while loading.
     tfds carves from the start of train: its records were shuffled when the data set was prepared.
     """
     for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -205,7 +225,7 @@ def load_data(spec, *, val_fraction=0.1, test_fraction=0.2, seed=0, data_dir=Non
     elif scheme == "tfds" and rest:
         data = _from_tfds(spec, rest, data_dir, **options)
     elif scheme == "folder" and rest:
-        data = _from_folder(spec, rest, **options)
+        data = _from_folder(spec, rest, skip_bad_images=skip_bad_images, **options)
     if data is not None:
         data.spec = spec  # the string that loads this data again (None for arrays)
         return data
@@ -299,7 +319,7 @@ def _from_tfds(spec, rest, data_dir, *, fractions, seed, image_size, channels):
     return ImageData(builder.name, list(info.features[label_key].names), shape, seed, splits)
 
 
-def _from_folder(spec, path, *, fractions, seed, image_size, channels):
+def _from_folder(spec, path, *, fractions, seed, image_size, channels, skip_bad_images):
     """A folder of class sub-folders (optionally under train/val/test) -> ImageData decoded by tf.data."""
     root = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(root):
@@ -315,17 +335,19 @@ def _from_folder(spec, path, *, fractions, seed, image_size, channels):
     if len(class_names) < 2:
         raise ValueError(f"Need at least 2 classes, found only {class_names[0]!r} in {pools['train']}. "
                          f"Received: spec={spec!r}")
-    listed = {s: _list_images(folder, class_names) for s, folder in pools.items()}
+    listed = {s: image_files.list_images(folder, class_names) for s, folder in pools.items()}
     skipped = [f for _, _, extra in listed.values() for f in extra]
     if skipped:
         logger.warning("%s: skipped %d files without an image extension %s (e.g. %s).",
                        os.path.basename(root), len(skipped), IMAGE_EXTENSIONS, skipped[0])
     all_files = [f for files, _, _ in listed.values() for f in files]
-    for file in all_files:  # reads a few bytes per file: about 2 s for 60,000 files
-        if image_header(file) is None:
-            raise ValueError(f"{file} is not a JPEG/PNG/BMP/GIF image or its header is cut short; "
-                             "remove or replace it.")
-    common_size, any_color = _sample_headers(all_files, seed)
+    bad = image_files.undecodable(all_files) if skip_bad_images else image_files.check_headers(all_files)
+    if bad:
+        listed = {s: image_files.without(set(bad), *entry) for s, entry in listed.items()}
+        all_files = [f for files, _, _ in listed.values() for f in files]
+    if not all_files:
+        raise ValueError(f"none of the {len(bad):,} images in {root} could be decoded. Received: spec={spec!r}")
+    common_size, any_color = image_files.sample_headers(all_files, seed)
     shape = _stored_shape(common_size, 3 if any_color else 1, image_size, channels)
 
     rng = np.random.default_rng(seed)
@@ -341,41 +363,9 @@ def _from_folder(spec, path, *, fractions, seed, image_size, channels):
             files, labels, order = train_files, train_labels, carve[split]
         if len(order):
             splits[split] = _file_split(np.asarray(files)[order], np.asarray(labels, np.int32)[order], shape)
-    return ImageData(os.path.basename(root), class_names, shape, seed, splits)
-
-
-def _list_images(folder, class_names):
-    """(image paths, labels, skipped non-image paths) for ``folder/<class>/*``, checking every class folder."""
-    files, labels, skipped = [], [], []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if not entry.is_dir() or entry.name.startswith("."):
-            continue
-        if entry.name not in class_names:
-            raise ValueError(f"{entry.path} is not one of the train classes {class_names}.")
-        names = sorted(e.name for e in os.scandir(entry.path) if e.is_file())
-        images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
-        if not images:
-            raise ValueError(f"Class folder {entry.path} has no images {IMAGE_EXTENSIONS}.")
-        files += [os.path.join(entry.path, n) for n in images]
-        labels += [class_names.index(entry.name)] * len(images)
-        skipped += [os.path.join(entry.path, n) for n in names if not n.lower().endswith(IMAGE_EXTENSIONS)]
-    return files, labels, skipped
-
-
-def _sample_headers(files, seed):
-    """(most common (H, W), whether any image is color) from the headers of up to 256 sampled files."""
-    from PIL import Image
-
-    sample = sorted(np.random.default_rng(seed).permutation(len(files))[:_HEADER_SAMPLE])
-    sizes, any_color = collections.Counter(), False
-    for i in sample:
-        try:
-            with Image.open(files[i]) as image:  # reads the header only
-                sizes[image.size[::-1]] += 1
-                any_color |= image.mode not in ("1", "L", "LA", "I", "I;16", "F")
-        except OSError as err:
-            raise ValueError(f"{files[i]} is not a readable image: {first_line(err)}; remove or replace it.") from err
-    return sizes.most_common(1)[0][0], any_color
+    data = ImageData(os.path.basename(root), class_names, shape, seed, splits)
+    data.skipped = bad or []
+    return data
 
 
 def _file_split(files, labels, shape) -> _Split:
@@ -418,8 +408,8 @@ def read_image(image, shape):
         raise ValueError(f"{path}: not a readable image ({', '.join(IMAGE_EXTENSIONS)})")
     try:
         decoded = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
-        raise ValueError(f"{path}: not a readable image ({', '.join(IMAGE_EXTENSIONS)})") from None
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        raise ValueError(f"{path}: not a readable image ({', '.join(IMAGE_EXTENSIONS)})") from error
     return tf.cast(adapt(decoded, shape), tf.float32).numpy()
 
 

@@ -14,6 +14,8 @@ output. `with_temperature` stores T in the model: `predictions` is rebuilt as lo
 """
 import numpy as np
 
+from keras_cnn.utils import compat
+
 BINS = 15
 _EPS = 1e-12  # probabilities are clipped here before a log (a float32 softmax can round to 0)
 
@@ -125,7 +127,7 @@ def with_temperature(model, temperature):
         dense.set_weights(last.get_weights())
     else:
         logits = features
-    previous = logits._keras_history.operation if hasattr(logits, "_keras_history") else None
+    previous = compat.producer(logits)
     if isinstance(previous, TemperatureScaling):  # calibrated before: replace, keeping the product
         temperature *= previous.temperature
         logits = previous.input

@@ -179,6 +179,7 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
         raise ValueError("evaluating a bare model needs `data`. Received: data=None")
     if not isinstance(data, ImageData):
         data = run.load_data(data) if run else load_data(data)
+    data.report_skipped()  # once per data set: training's own evaluation adds no second line
     class_names = run.class_names if run else data.class_names
     check_compatible(model, data)
     tta = _check_tta(tta)

@@ -14,13 +14,19 @@
 and next to them `labels.txt`, one JSON sidecar per artifact (input shape and dtype, value range,
 quantization scale and zero-point, class names, source run) and `export_report.json`.
 
+`export` is a pipeline whose steps it calls one after the other, each once: resolve the source (`_resolve`: the
+model, its data and class names) and prepare what every artifact is made of (`_prepare`), stage the SavedModels
+(`_stage`), convert the TFLite and ONNX files (`_convert`), load every artifact once through
+`keras_cnn.artifacts.artifact`, the loader `predict` uses (`_load`), verify each (`_verify`, through
+`keras_cnn.exporting.verification`), then install them with the report (`_install`).
+
 What is exported is `inference_model(model)`: a float32 rebuild of the trained architecture with the
 trained weights, without the `augment` layer, called with `training=False`. That removes the two ways
 a direct export goes wrong: random augmentation ops and training-mode BatchNorm in the graph, and the
 bfloat16/float16 ops of a mixed-precision model, which TFLite's built-in kernels do not have.
 
 Nothing reaches `out_dir` unverified. Every artifact is written to a staging folder, loaded in its own
-runtime (TensorFlow, the LiteRT interpreter, ONNX Runtime) through `keras_cnn.artifacts.prediction`'s loaders and
+runtime (TensorFlow, the LiteRT interpreter, ONNX Runtime) by `keras_cnn.artifacts.artifact`'s loaders and
 run on up to 2,000 held-out test images. A float32 artifact whose probabilities differ from the
 rebuild's by more than 1e-4 raises `ExportError` and is deleted; quantized artifacts whose top-1
 accuracy drops by more than `max_accuracy_drop` points are flagged in the report (with `rescue=True` an
@@ -31,6 +37,7 @@ names are not the labels, fails the export like a parity failure. Only then, wit
 sidecars, labels.txt and the report written next to them, are the files renamed into place, so a failed
 or interrupted export leaves the previous files untouched.
 """
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -40,19 +47,17 @@ import tempfile
 import numpy as np
 
 from keras_cnn.artifacts import metadata as tflite_metadata
-from keras_cnn.artifacts.prediction import SIGNATURE, keras_artifact, load_artifact, sidecar_path
+from keras_cnn.artifacts.artifact import SIGNATURE, keras_artifact, load_artifact, sidecar_path
 from keras_cnn.exporting import tflite as tflite_export
+from keras_cnn.exporting import verification
 from keras_cnn.exporting.report import ExportReport, sidecar
 from keras_cnn.exporting.tflite import ExportError, flex_ops  # noqa: F401  part of this module's interface
-from keras_cnn.exporting.verification import PARITY_TOLERANCE, TestSet, agreement, flag, measure, rgb_expected, verify
+from keras_cnn.exporting.verification import flag, measure, verify
 from keras_cnn.models import options
-from keras_cnn.utils.files import LABELS_FILE, MODEL_FILE
+from keras_cnn.utils.files import LABELS_FILE, MODEL_FILE, labels_text
 from keras_cnn.utils.io import make_folder, write_json, write_text
-from keras_cnn.utils.progress import Progress
 
 FORMATS = ("saved_model", "tflite", "onnx")
-QUANTIZATIONS = options.QUANTIZATIONS
-INTEGER_IO = options.INTEGER_IO
 MAX_TEST_IMAGES = 2000
 AUGMENT_LAYER = "augment"
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
@@ -86,52 +91,19 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
             `model.export(format="litert")`, given the same settings); see docs/mobile.md for how they compare.
         verbose: print the table (flagged rows in red on a terminal).
     """
+    _check_backend(source)
     formats, quantize = _check_arguments(formats, quantize, io, calibration_samples, test_samples, converter)
-    model, name, class_names, run, precision, image_data = _resolve(source, data, class_names)
-    if out_dir is None and run is None:
-        raise ValueError("out_dir is required when exporting a model object. Received: out_dir=None")
-    run_dir = run.path if run else None
-    out_dir = os.path.abspath(out_dir or os.path.join(run.out_folder, "export"))
-    tflite = [q for q in quantize if "tflite" in formats]
-    if "int8" in tflite and image_data is None:
-        raise ExportError("int8 quantization needs calibration images from the training data, and none are "
-                          "available: pass data= (an ImageData, a load_data spec or (x, y); --data SPEC on the "
-                          "command line, e.g. --data folder:/path/to/cifar10). Received: data=None")
-    if tflite:
-        tflite_metadata.check_class_names(class_names)
-    class_names = list(class_names or map(str, range(max(model.output_shape[-1], 2))))
-
-    rebuild = inference_model(model)
-    shape = tuple(rebuild.input_shape[1:])
-    x_test, y_test, test_data = _test_set(image_data, shape, test_samples)
-    reference = keras_artifact(rebuild, class_names, name)
-    expected = reference.probabilities(x_test)
-    source_agreement = _check_rebuild(model, expected, x_test, precision)
-    calibration = calibration_images(image_data, shape, calibration_samples) if "int8" in tflite else None
-    card = _card(name, class_names, shape, run_dir, author, license)
-    phone = tflite_export.mobile_model(rebuild) if tflite else rebuild  # what the .tflite files are made of
-    test = TestSet(x_test, y_test, expected, latency_runs,
-                   rgb_expected(phone, x_test) if tflite and shape[-1] == 1 else None)
-
-    staging = tempfile.mkdtemp(prefix=".export-", dir=make_folder(out_dir, "out_dir"))
+    job = _resolve(source, data, class_names, out_dir, formats, quantize)
+    _prepare(job, test_samples, calibration_samples, author, license)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=make_folder(job.out_dir, "out_dir"))
     try:
-        staged, mobile = _stage((rebuild, phone), name, staging, formats, tflite, (io, converter), calibration,
-                                class_names, card)
-        rows = [measure(reference, "keras", "float32", test, os.path.join(run_dir, MODEL_FILE) if run_dir else None)]
-        artifacts = []
-        progress = Progress(len(staged), f"verifying {len(staged)} artifacts on {len(x_test)} images")
-        for fmt, quantization, path in staged:
-            artifact = load_artifact(path)
-            rows.append(verify(artifact, fmt, quantization, test, path, class_names))
-            artifacts.append((artifact, fmt, quantization))
-            progress.step(os.path.basename(path))
-        flag(rows, max_accuracy_drop)
-        report = ExportReport(name, os.path.abspath(run_dir) if run_dir else None, out_dir, precision,
-                              source_agreement, test_data, len(x_test), 0 if calibration is None else len(calibration),
-                              max_accuracy_drop, rows)
-        if "int8" in tflite:
-            _int8_errors_and_rescue(report, mobile, staging, calibration, test, rescue, class_names, card)
-        _install(artifacts, staging, report, class_names)
+        staged, mobile = _stage(job, staging)
+        staged += _convert(job, mobile, staging, io, converter)
+        keras_models, files = _load(job, staged)
+        report, test = _verify(job, keras_models, files, latency_runs, max_accuracy_drop)
+        if "int8" in job.tflite:
+            _int8_errors_and_rescue(report, job, mobile, staging, test, rescue)
+        _install(files, staging, report, job.class_names)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if verbose:
@@ -156,7 +128,47 @@ def inference_model(model):
     return rebuilt
 
 
-def _resolve(source, data, class_names):
+@dataclasses.dataclass
+class _Job:
+    """One export as its steps share it: the source `_resolve` finds, then what `_prepare` makes of it."""
+
+    model: object  # the source keras.Model
+    name: str
+    class_names: list
+    run: object  # its `Run`, or None for a model object
+    precision: str  # the dtype policy the source was trained under
+    image_data: object  # calibration and test data (an ImageData), or None
+    out_dir: str
+    formats: tuple
+    tflite: tuple  # the TFLite variants to write
+    rebuild: object = None  # `inference_model(model)`: what the artifacts are made of and measured against
+    phone: object = None  # the rebuild as the .tflite files take it (`tflite_export.mobile_model`)
+    test_images: tuple = None  # (x, y or None, description) of the images every artifact is verified on
+    calibration: object = None  # int8's calibration images, or None
+    card: dict = None  # what the TFLite metadata says about the model (`tflite_export.card`)
+
+    @property
+    def run_dir(self):
+        return self.run.path if self.run else None
+
+
+def _resolve(source, data, class_names, out_dir, formats, quantize):
+    """The `_Job` of a run (folder) or model: what it is, its data and class names, where the artifacts go."""
+    model, name, class_names, run, precision, image_data = _source(source, data, class_names)
+    if out_dir is None and run is None:
+        raise ValueError("out_dir is required when exporting a model object. Received: out_dir=None")
+    tflite = tuple(q for q in quantize if "tflite" in formats)
+    if "int8" in tflite and image_data is None:
+        raise ExportError("int8 quantization needs calibration images from the training data, and none are "
+                          "available: pass data= (an ImageData, a load_data spec or (x, y); --data SPEC on the "
+                          "command line, e.g. --data folder:/path/to/cifar10). Received: data=None")
+    if tflite:
+        tflite_metadata.check_class_names(class_names)
+    return _Job(model, name, list(class_names or map(str, range(max(model.output_shape[-1], 2)))), run, precision,
+                image_data, os.path.abspath(out_dir or os.path.join(run.out_folder, "export")), formats, tflite)
+
+
+def _source(source, data, class_names):
     """(model, name, class names, `Run` or None, precision, ImageData or None) of a run (folder) or model.
 
     Class names come from `class_names`, else the run, else the data; a bare model gets numbers only for
@@ -179,6 +191,7 @@ def _resolve(source, data, class_names):
         raise ValueError(f"export takes a run (folder) or a keras.Model. Received: source={type(source).__name__}")
     if image_data is not None:
         check_compatible(model, image_data)
+        image_data.report_skipped()
     class_names = class_names or (image_data.class_names if image_data else None)
     return model, name, class_names, run, model_precision(model), image_data
 
@@ -197,7 +210,17 @@ def _run_data(run):
         return run.load_data()
     except (ValueError, FileNotFoundError) as error:
         raise ValueError(f"cannot load the data of {run.path} for calibration and verification; pass data= "
-                         f"to use other data. {error}") from None
+                         f"to use other data. {error}") from error
+
+
+def _prepare(job, test_samples, calibration_samples, author, license):
+    """Into `job`: the float32 rebuild and its mobile version, the test and calibration images, the metadata card."""
+    job.rebuild = inference_model(job.model)
+    shape = tuple(job.rebuild.input_shape[1:])
+    job.test_images = _test_set(job.image_data, shape, test_samples)
+    job.calibration = calibration_images(job.image_data, shape, calibration_samples) if "int8" in job.tflite else None
+    job.card = tflite_export.card(job.name, job.class_names, shape, job.run_dir, author, license)
+    job.phone = tflite_export.mobile_model(job.rebuild) if job.tflite else job.rebuild
 
 
 def _test_set(image_data, shape, limit):
@@ -219,14 +242,12 @@ def tflite_bytes(model, quantization, calibration=None, *, class_names, io="uint
     `calibration`: int8's images, from `calibration_images`."""
     rebuild = inference_model(model)
     phone = tflite_export.mobile_model(rebuild)
-    card = _card(model.name, class_names, tuple(rebuild.input_shape[1:]), None, None, None)
+    card = tflite_export.card(model.name, class_names, tuple(rebuild.input_shape[1:]), None, None, None)
     with tempfile.TemporaryDirectory(prefix=".tflite-") as staging:
         mobile = os.path.join(staging, "saved_model")
         _write_saved_model(phone, mobile)
-        model_bytes = tflite_export.convert(mobile, quantization, io, calibration)
-    if tflite_metadata.available():
-        model_bytes = tflite_export.with_metadata(model_bytes, name=model.name, class_names=class_names, card=card)
-    return model_bytes
+        return tflite_export.variant(mobile, phone, quantization, io, calibration, name=model.name,
+                                     class_names=class_names, card=card)
 
 
 def calibration_images(image_data, shape, samples):
@@ -237,51 +258,68 @@ def calibration_images(image_data, shape, samples):
     return np.repeat(x, 3 // x.shape[-1], axis=-1)
 
 
-def _check_rebuild(model, expected, x, precision):
-    """Top-1 agreement (%) of the source model with its float32 rebuild; a float32 source must match exactly."""
-    original = keras_artifact(model).probabilities(x)
-    difference = float(np.abs(original - expected).max())
-    if precision == "float32" and difference > PARITY_TOLERANCE:
-        raise ExportError(f"the float32 rebuild of {model.name} differs from the model by {difference:.2e}; "
-                          "its layers do not rebuild from their configs")
-    return agreement(original, expected)
-
-
-def _stage(models, name, staging, formats, tflite, conversion, calibration, class_names, card):
-    """Write every requested artifact into `staging`. `models` is (the rebuild, its mobile version), `conversion`
-    (io, converter). Returns ([(format, quantization, path)], the SavedModel the TFLite files convert from)."""
-    (rebuild, phone), (io, converter) = models, conversion
+def _stage(job, staging):
+    """The SavedModels in `staging`: the rebuild's if asked for, and the one the TFLite files convert from (the same
+    one when the mobile model is the rebuild). Returns ([(format, quantization, path)], that one or None)."""
     saved_model = os.path.join(staging, "saved_model")
-    if "saved_model" in formats:
-        _write_saved_model(rebuild, saved_model)
-    staged = [("saved_model", "float32", saved_model)] if "saved_model" in formats else []
-    mobile = saved_model if phone is rebuild and "saved_model" in formats else None  # the same model: reuse it
-    if tflite and mobile is None:
+    staged = []
+    if "saved_model" in job.formats:
+        _write_saved_model(job.rebuild, saved_model)
+        staged.append(("saved_model", "float32", saved_model))
+    mobile = saved_model if job.phone is job.rebuild and staged else None  # the same model: reuse it
+    if job.tflite and mobile is None:
         mobile = os.path.join(staging, ".mobile_saved_model")  # not installed
-        _write_saved_model(phone, mobile)
-    for quantization in tflite:
-        model_bytes = (tflite_export.convert_with_keras(phone, quantization, io, calibration) if converter == "keras"
-                       else tflite_export.convert(mobile, quantization, io, calibration))
-        staged.append(("tflite", quantization, _write_tflite(model_bytes, staging, name, quantization, class_names,
-                                                             card)))
-    if "onnx" in formats:
-        staged.append(("onnx", "float32", _write_onnx(rebuild, os.path.join(staging, f"{name}.onnx"))))
+        _write_saved_model(job.phone, mobile)
     return staged, mobile
 
 
-def _write_tflite(model_bytes, staging, name, quantization, class_names, card):
-    """The `.tflite` file in `staging`, with its metadata where MediaPipe (which writes it) is installed."""
-    if tflite_metadata.available():
-        model_bytes = tflite_export.with_metadata(model_bytes, name=name, class_names=class_names, card=card)
+def _convert(job, mobile, staging, io, converter):
+    """The TFLite files (from the SavedModel `mobile`, or by Keras's exporter) and the ONNX file in `staging`:
+    [(format, quantization, path)]."""
+    staged = []
+    for quantization in job.tflite:
+        model_bytes = tflite_export.variant(mobile, job.phone, quantization, io, job.calibration, converter,
+                                            name=job.name, class_names=job.class_names, card=job.card)
+        staged.append(("tflite", quantization, _write_tflite(model_bytes, staging, job.name, quantization)))
+    if "onnx" in job.formats:
+        staged.append(("onnx", "float32", _write_onnx(job.rebuild, os.path.join(staging, f"{job.name}.onnx"))))
+    return staged
+
+
+def _load(job, staged):
+    """Every artifact loaded once, in its own runtime, by `keras_cnn.artifacts.artifact`: ((the rebuild, the source
+    model, the mobile rebuild of a gray model or None), [(artifact, format, quantization)] of the staged files)."""
+    gray_phone = job.phone if job.tflite and job.rebuild.input_shape[-1] == 1 else None
+    keras_models = (keras_artifact(job.rebuild, job.class_names, job.name), keras_artifact(job.model),
+                    None if gray_phone is None else keras_artifact(gray_phone))
+    return keras_models, [(load_artifact(path), fmt, quantization) for fmt, quantization, path in staged]
+
+
+def _verify(job, keras_models, files, latency_runs, max_accuracy_drop):
+    """(`ExportReport`, `TestSet`): the loaded Keras models and files measured and checked on the test images
+    (`keras_cnn.exporting.verification`), quantized rows that lose accuracy flagged."""
+    (rebuild, source, phone), (x, y, description) = keras_models, job.test_images
+    test, source_agreement = verification.test_set(x, y, latency_runs, rebuild, source, job.precision, phone)
+    model_file = os.path.join(job.run_dir, MODEL_FILE) if job.run_dir else None
+    rows = verification.verify_all(rebuild, files, test, job.class_names, model_file)
+    flag(rows, max_accuracy_drop)
+    calibration = 0 if job.calibration is None else len(job.calibration)
+    return ExportReport(job.name, os.path.abspath(job.run_dir) if job.run_dir else None, job.out_dir, job.precision,
+                        source_agreement, description, len(x), calibration, max_accuracy_drop, rows), test
+
+
+def _write_tflite(model_bytes, staging, name, quantization):
+    """The `.tflite` file of `model_bytes` in `staging`."""
     path = os.path.join(staging, f"{name}_{quantization}.tflite")
     with open(path, "wb") as handle:
         handle.write(model_bytes)
     return path
 
 
-def _int8_errors_and_rescue(report, mobile, staging, calibration, test, rescue, class_names, card):
+def _int8_errors_and_rescue(report, job, mobile, staging, test, rescue):
     """Per-layer int8 errors into the report; with `rescue` and a flagged int8 row, the rescued file replaces it.
     `mobile` is the SavedModel the TFLite files were converted from."""
+    calibration = job.calibration
     report.int8_layers = tflite_export.layer_errors(mobile, calibration)
     index, row = next((i, row) for i, row in enumerate(report.rows) if row["quantization"] == "int8")
     if not (rescue and row["flagged"]):
@@ -289,7 +327,9 @@ def _int8_errors_and_rescue(report, mobile, staging, calibration, test, rescue, 
     path = os.path.join(staging, row["artifact"])
 
     def accuracy(model_bytes):
-        _write_tflite(model_bytes, staging, report.model, "int8", class_names, card)
+        model_bytes = tflite_export.with_metadata(model_bytes, name=job.name, class_names=job.class_names,
+                                                  card=job.card)
+        _write_tflite(model_bytes, staging, job.name, "int8")
         return measure(load_artifact(path), "tflite", "int8", test, path, timed=False)["accuracy_pct"]
 
     target = report.rows[0]["accuracy_pct"] - report.max_accuracy_drop
@@ -303,7 +343,7 @@ def _int8_errors_and_rescue(report, mobile, staging, calibration, test, rescue, 
                           "layer that int8 changes in float; export without int8 or allow a larger drop. "
                           "Received: rescue=True")
     accuracy(model_bytes)  # the file in staging is the rescued model again
-    report.rows[index] = verify(load_artifact(path), "tflite", "int8", test, path, class_names)
+    report.rows[index] = verify(load_artifact(path), "tflite", "int8", test, path, job.class_names)
     flag(report.rows, report.max_accuracy_drop)
     report.rescued_float_layers = kept
 
@@ -316,7 +356,7 @@ def _install(artifacts, staging, report, class_names):
         final = os.path.join(report.out_dir, os.path.basename(artifact.path))
         write_json(sidecar_path(artifact.path), sidecar(artifact, final, fmt, quantization, report, class_names))
         files += [artifact.path, sidecar_path(artifact.path)]
-    write_text(os.path.join(staging, LABELS_FILE), "".join(f"{c}\n" for c in class_names))
+    write_text(os.path.join(staging, LABELS_FILE), labels_text(class_names))
     write_json(os.path.join(staging, REPORT_FILE), report.to_dict())
     for staged in [*files, os.path.join(staging, LABELS_FILE), os.path.join(staging, REPORT_FILE)]:
         _move(staged, os.path.join(report.out_dir, os.path.basename(staged)), staging)
@@ -373,27 +413,25 @@ def _choices(name, values, allowed):
     return tuple(dict.fromkeys(values))
 
 
-def _card(name, class_names, shape, run_dir, author, license):
-    """What the TFLite metadata says about the model: description, author, licence, version."""
-    return {"description": _description(name, class_names, shape, run_dir), "author": author, "license": license,
-            "version": os.path.basename(os.path.normpath(run_dir)) if run_dir else "1"}
+def _check_backend(source):
+    """Export converts with TensorFlow's converter, which takes TensorFlow models: refuse other backends in one
+    line that says how a run trained on any backend exports."""
+    import keras
 
-
-def _description(name, class_names, shape, run_dir):
-    height, width, _ = shape
-    source = f" ({os.path.basename(os.path.normpath(run_dir))})" if run_dir else ""
-    return (f"{name}{source}: a keras-cnn image classifier of {len(class_names)} classes; takes {height}x{width} "
-            "RGB images with raw pixel values, gives class probabilities.")
+    if keras.backend.backend() != "tensorflow":
+        where = f"`keras-cnn export {source}`" if isinstance(source, (str, os.PathLike)) else "`keras-cnn export RUN`"
+        raise ValueError(f"export runs on the tensorflow backend: save the model and export it from a TensorFlow "
+                         f"process ({where} always does). Received: backend={keras.backend.backend()!r}")
 
 
 def _check_arguments(formats, quantize, io, calibration_samples, test_samples, converter):
     """(formats, quantize) as tuples, after checking every argument that needs no model or data."""
     formats = _choices("formats", formats, FORMATS)
-    quantize = _choices("quantize", quantize, QUANTIZATIONS)
-    if io not in INTEGER_IO:
-        raise ValueError(f"io must be one of {INTEGER_IO}. Received: io={io!r}")
-    if converter not in tflite_export.CONVERTERS:
-        raise ValueError(f"converter must be one of {tflite_export.CONVERTERS}. Received: converter={converter!r}")
+    quantize = _choices("quantize", quantize, options.QUANTIZATIONS)
+    if io not in options.INTEGER_IO:
+        raise ValueError(f"io must be one of {options.INTEGER_IO}. Received: io={io!r}")
+    if converter not in options.TFLITE_CONVERTERS:
+        raise ValueError(f"converter must be one of {options.TFLITE_CONVERTERS}. Received: converter={converter!r}")
     if not 100 <= calibration_samples <= 500:
         raise ValueError("calibration_samples must be in [100, 500]. "
                          f"Received: calibration_samples={calibration_samples!r}")

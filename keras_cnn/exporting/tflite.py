@@ -5,20 +5,21 @@
 * `convert`: TensorFlow's converter from the SavedModel's `serve` signature, built-in ops only.
 * `with_metadata`: the image-classifier metadata MediaPipe Tasks reads (`keras_cnn.artifacts.metadata`), with the
   normalization that matches the file's real input.
+* `variant`: one `.tflite` file's bytes, converted by either converter and carrying that metadata.
 * `layer_errors` and `rescue`: TensorFlow's `QuantizationDebugger` measures each layer's int8 error; a rescue keeps
   the layers whose float version gives back the most accuracy in float (selective quantization) until the model
   is within the allowed accuracy drop.
 """
 import contextlib
+import os
 import re
 import warnings
 
 import numpy as np
 
-from keras_cnn.models import options
+from keras_cnn.artifacts import metadata as tflite_metadata
+from keras_cnn.artifacts.artifact import SIGNATURE, interpreter
 
-SIGNATURE = "serve"
-CONVERTERS = options.TFLITE_CONVERTERS
 DEBUG_IMAGES = 100  # calibration images the quantization debugger runs to measure each layer's error
 
 
@@ -42,6 +43,13 @@ def mobile_model(model):
         outputs = SigmoidToTwoClasses(name="two_classes")(outputs)
     return keras.Model(image, outputs, name=model.name)
 
+
+def variant(saved_model, model, quantization, io, calibration, converter="saved_model", *, name, class_names, card):
+    """One `.tflite` file's bytes: converted by `converter` ("saved_model": TensorFlow's converter on the SavedModel
+    `saved_model`; "keras": Keras's exporter on `model`, the same model), `with_metadata`."""
+    model_bytes = (convert_with_keras(model, quantization, io, calibration) if converter == "keras"
+                   else convert(saved_model, quantization, io, calibration))
+    return with_metadata(model_bytes, name=name, class_names=class_names, card=card)
 
 
 def convert(saved_model, quantization, io, calibration):
@@ -136,12 +144,17 @@ def _debugger_warnings_off():
         yield
 
 
-def input_normalization(model_bytes):
-    """(mean, std) such that the input tensor takes (pixel - mean) / std: (0, 1) for float inputs, which take
-    raw pixels, and the quantization's (-zero_point * scale, scale) for integer inputs."""
-    detail = _input_detail(model_bytes)
-    scale, zero_point = detail["quantization"]
-    return (0.0, 1.0) if not scale else (-zero_point * scale, scale)
+def card(name, class_names, shape, run_dir, author, license):
+    """What the TFLite metadata says about the model: description, author, licence, version."""
+    return {"description": _description(name, class_names, shape, run_dir), "author": author, "license": license,
+            "version": os.path.basename(os.path.normpath(run_dir)) if run_dir else "1"}
+
+
+def _description(name, class_names, shape, run_dir):
+    height, width, _ = shape
+    source = f" ({os.path.basename(os.path.normpath(run_dir))})" if run_dir else ""
+    return (f"{name}{source}: a keras-cnn image classifier of {len(class_names)} classes; takes {height}x{width} "
+            "RGB images with raw pixel values, gives class probabilities.")
 
 
 def input_dtype(model_bytes):
@@ -149,13 +162,14 @@ def input_dtype(model_bytes):
 
 
 def with_metadata(model_bytes, *, name, class_names, card):
-    """`model_bytes` carrying image-classifier metadata: `card` gives description, version, author, licence."""
-    from keras_cnn.artifacts import metadata as tflite_metadata
-
+    """`model_bytes` carrying image-classifier metadata (`card` gives description, version, author, licence) where
+    MediaPipe, which writes it, is installed; else `model_bytes` as they are."""
+    if not tflite_metadata.available():
+        return model_bytes
     detail = _input_detail(model_bytes)
     _, height, width, _ = detail["shape"]
     return tflite_metadata.add_metadata(model_bytes, name=name, class_names=class_names, image_size=(height, width),
-                                        normalization=input_normalization(model_bytes), **card)
+                                        normalization=_normalization(detail), **card)
 
 
 def flex_ops(message):
@@ -219,13 +233,18 @@ def _raise_conversion_error(error, quantization):
     ops = flex_ops(str(error))
     if ops:
         raise ExportError(f"TFLite {quantization}: the model uses TensorFlow ops that TFLite's built-in "
-                          f"op set lacks and that would need the Flex delegate: {', '.join(ops)}") from None
+                          f"op set lacks and that would need the Flex delegate: {', '.join(ops)}") from error
     lines = [line.strip() for line in str(error).splitlines() if "error:" in line]
-    raise ExportError(f"TFLite {quantization} conversion failed: {lines[0] if lines else first_line(error)}") from None
+    raise ExportError(f"TFLite {quantization} conversion failed: {lines[0] if lines else first_line(error)}") from error
+
+
+def _normalization(input_detail):
+    """(mean, std) such that the input tensor takes (pixel - mean) / std: (0, 1) for float inputs, which take
+    raw pixels, and the quantization's (-zero_point * scale, scale) for integer inputs."""
+    scale, zero_point = input_detail["quantization"]
+    return (0.0, 1.0) if not scale else (-zero_point * scale, scale)
 
 
 def _input_detail(model_bytes):
-    from keras_cnn.artifacts.artifact import interpreter
-
     return interpreter(model_content=bytes(model_bytes)).get_input_details()[0]
 

@@ -1,14 +1,18 @@
 """How `keras_cnn.exporting.pipeline` checks each artifact before anything is installed: every artifact measured on the
 same held-out images against the float32 rebuild (size, top-1, agreement, max |difference|, latency), float32
-parity, MediaPipe's `ImageClassifier` on each `.tflite`, and the flag on quantized models that lose accuracy."""
+parity, MediaPipe's `ImageClassifier` on each `.tflite`, and the flag on quantized models that lose accuracy.
+
+It takes artifacts already loaded (`keras_cnn.artifacts.artifact`, the one loader) and only runs them (`Artifact`
+methods): `test_set`, then `verify_all`, then `flag`."""
 import dataclasses
 import os
 
 import numpy as np
 
 from keras_cnn.artifacts import mobile_client
-from keras_cnn.artifacts.prediction import keras_artifact, latency_ms
+from keras_cnn.artifacts.artifact import Artifact, keras_artifact
 from keras_cnn.exporting.tflite import ExportError
+from keras_cnn.utils.progress import Progress
 
 PARITY_TOLERANCE = 1e-4  # max |probability difference| of a float32 artifact from the float32 rebuild
 CLIENT_AGREEMENT = 99.0  # min top-1 agreement (%) of MediaPipe's ImageClassifier with LiteRT on a float32 file
@@ -35,10 +39,43 @@ class TestSet:
         return self.rgb_expected if self._rgb(artifact) else self.expected
 
 
+def test_set(x, y, latency_runs, rebuild, source, precision, phone=None):
+    """(`TestSet`, the source model's top-1 agreement % with the rebuild) from the loaded Keras artifacts: the
+    float32 rebuild's probabilities on the test images `x`, and, given the loaded mobile rebuild `phone` of a gray
+    model, its probabilities on them in RGB. A float32 source must match its rebuild (`ExportError` otherwise)."""
+    expected = rebuild.probabilities(x)
+    agreement_pct = _check_rebuild(source, expected, x, precision)
+    return TestSet(x, y, expected, latency_runs, None if phone is None else rgb_expected(phone, x)), agreement_pct
+
+
 def rgb_expected(phone, x):
-    """What the mobile rebuild of a gray model (`tflite_export.mobile_model`) gives for the gray images repeated
-    into RGB (luma weights sum to 0.9999, so the pixels it sees are not exactly the gray ones)."""
-    return keras_artifact(phone).probabilities(np.repeat(x, 3, axis=-1))
+    """What the mobile rebuild of a gray model (`tflite_export.mobile_model`; the model or its loaded `Artifact`)
+    gives for the gray images repeated into RGB (luma weights sum to 0.9999, so the pixels it sees are not exactly
+    the gray ones)."""
+    phone = phone if isinstance(phone, Artifact) else keras_artifact(phone)
+    return phone.probabilities(np.repeat(x, 3, axis=-1))
+
+
+def _check_rebuild(source, expected, x, precision):
+    """Top-1 agreement (%) of the source model (loaded) with its float32 rebuild; a float32 source must match
+    exactly."""
+    original = source.probabilities(x)
+    difference = float(np.abs(original - expected).max())
+    if precision == "float32" and difference > PARITY_TOLERANCE:
+        raise ExportError(f"the float32 rebuild of {source.path} differs from the model by {difference:.2e}; "
+                          "its layers do not rebuild from their configs")
+    return agreement(original, expected)
+
+
+def verify_all(reference, artifacts, test, class_names, reference_path=None):
+    """The report's rows: the loaded Keras rebuild `reference` measured (its file `reference_path`, if any), then
+    each of `artifacts` ([(artifact, format, quantization)]) `verify`-ed, with progress."""
+    rows = [measure(reference, "keras", "float32", test, reference_path)]
+    progress = Progress(len(artifacts), f"verifying {len(artifacts)} artifacts on {len(test.x)} images")
+    for artifact, fmt, quantization in artifacts:
+        rows.append(verify(artifact, fmt, quantization, test, artifact.path, class_names))
+        progress.step(os.path.basename(artifact.path))
+    return rows
 
 
 def measure(artifact, fmt, quantization, test, path, timed=True):
@@ -57,7 +94,7 @@ def measure(artifact, fmt, quantization, test, path, timed=True):
         "ece_pct": None if test.y is None else round(100 * expected_calibration_error(probabilities, test.y), 3),
         "agreement_pct": agreement(probabilities, expected),
         "max_abs_diff": float(np.abs(probabilities - expected).max()),
-        "latency_ms": round(latency_ms(artifact, x[0], test.latency_runs), 4) if timed else None,
+        "latency_ms": round(artifact.latency_ms(x[0], test.latency_runs), 4) if timed else None,
         "accuracy_drop_pts": None,
         "flagged": False,
     }

@@ -188,9 +188,9 @@ def _from_hub(path):
     repo_id, filename = "/".join(parts[:2]), parts[2] if len(parts) == 3 else HF_WEIGHTS_FILE
     try:
         import huggingface_hub
-    except ImportError:
+    except ImportError as error:
         raise ImportError(f"hf:// weights need huggingface_hub: pip install huggingface_hub. "
-                          f"Received: weights={path!r}") from None
+                          f"Received: weights={path!r}") from error
     reason = None if os.environ.get("HF_HUB_OFFLINE") else network.unreachable(HF_HOST, DOWNLOAD_TIMEOUT)
     if reason:
         raise OSError(f"cannot download {filename} from the Hugging Face Hub ({repo_id}): {reason}. Received: "

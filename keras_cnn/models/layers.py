@@ -1,10 +1,11 @@
 """Custom layers (registered for `.keras` files; each has `**kwargs` and a `get_config`)."""
 import functools
 import math
-import statistics
 import time
 
 import keras
+
+from keras_cnn.utils.timing import interleaved_median_seconds
 
 
 @keras.saving.register_keras_serializable(package="keras_cnn")
@@ -168,15 +169,8 @@ def fastest_kernel_gradient(input_shape, kernel_shape, dtype):
 def fastest(functions, rounds=TIMING_ROUNDS, clock=time.perf_counter):
     """The key of the callable in `functions` (key -> no-argument callable) with the lowest median time over
     `rounds` calls, called in turn after one untimed call each (tracing, caches)."""
-    times = {name: [] for name in functions}
-    for function in functions.values():
-        function()
-    for _ in range(rounds):
-        for name, function in functions.items():
-            start = clock()
-            function()
-            times[name].append(clock() - start)
-    return min(times, key=lambda name: statistics.median(times[name]))
+    medians = interleaved_median_seconds(functions, rounds, warmup=1, clock=clock)
+    return min(medians, key=medians.get)
 
 
 # TensorFlow computes the exact GELU and its gradient as chains of element-wise ops, each one more pass over

@@ -139,12 +139,15 @@ def fetch_imagenet(model, constructor, config, path, *, alpha=None):
     if constructor == "MobileNetV2":
         side = shape[0] if shape[0] == shape[1] and shape[0] in MOBILENETV2_SIDES else 224
         shape = (side, side, 3)
+    # keras.applications downloads with keras.utils.get_file, which calls urllib's urlretrieve: it takes no timeout,
+    # so the process-wide default is set for this call only and put back (sockets other threads open meanwhile
+    # get it too: a timeout where they had none, never a hang).
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
     try:
         getattr(keras.applications, constructor)(include_top=False, weights="imagenet", input_shape=shape, **kwargs)
     except Exception as error:  # get_file raises a bare Exception for URL and HTTP failures
-        raise WeightsUnavailable(missing_message(model, path, first_line(error))) from None
+        raise WeightsUnavailable(missing_message(model, path, first_line(error))) from error
     finally:
         socket.setdefaulttimeout(previous)
     if not os.path.isfile(path):

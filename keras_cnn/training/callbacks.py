@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_cnn.artifacts import runs
-from keras_cnn.utils import io
+from keras_cnn.utils import compat, io
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -70,7 +70,7 @@ def averaged_weights(model):
         yield model
         return
     optimizer = model.optimizer
-    pairs = list(zip(optimizer._trainable_variables, optimizer._model_variables_moving_average))
+    pairs = compat.ema_pairs(optimizer)
     _swap(pairs)
     try:
         yield model
@@ -89,6 +89,6 @@ class AugmentationEpoch(keras.callbacks.Callback):
     """Tell the augmentation layers that follow the epoch (`keras_cnn.models.augment.AlternatingFlip`) which one begins."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        for layer in self.model._flatten_layers(include_self=False):
+        for layer in compat.nested_layers(self.model):
             if hasattr(layer, "epoch") and isinstance(layer.epoch, keras.Variable):
                 layer.epoch.assign(epoch)

@@ -10,6 +10,8 @@ convolution kernels and Nesterov SGD for the rest.
 """
 import keras
 
+from keras_cnn.utils import compat
+
 
 def momentum_step(optimizer, variable, buffer, step, learning_rate, momentum, nesterov):
     """torch.optim.SGD's update of `variable` by `step` (the gradient with any L2 added) and its momentum `buffer`:
@@ -73,7 +75,7 @@ class TorchSGD(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         learning_rate = keras.ops.cast(learning_rate, variable.dtype)
         gradient = keras.ops.cast(gradient, variable.dtype)
-        index = self._get_variable_index(variable)
+        index = compat.variable_index(self, variable)
         buffer = self.momentums[index]
         l2 = self.l2
         if self.bias_lr_scale != 1.0 and index in self._offsets:
@@ -152,7 +154,7 @@ class Muon(keras.optimizers.Optimizer):
         return layer if layer in ("predictions", "stem_offset") else "other"
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = compat.variable_index(self, variable)
         learning_rate = keras.ops.cast(learning_rate, variable.dtype)
         gradient = keras.ops.cast(gradient, variable.dtype)
         role = self._roles[index]
@@ -186,7 +188,8 @@ class TriangularSchedule(keras.optimizers.schedules.LearningRateSchedule):
     (airbench's schedule; Keras's schedules have a linear warm-up only in front of a cosine)."""
 
     def __init__(self, peak, warmup_steps, total_steps, start=0.2, end=0.07):
-        self.peak, self.warmup_steps, self.total_steps, self.start, self.end = peak, warmup_steps, total_steps, start, end
+        self.peak, self.warmup_steps, self.total_steps = peak, warmup_steps, total_steps
+        self.start, self.end = start, end
 
     def __call__(self, step):
         step = keras.ops.cast(step, "float32")

@@ -7,6 +7,7 @@ process killed mid-write leaves only a temporary (`is_temporary`), which
 `remove_temporaries` deletes when the run is resumed.
 """
 import contextlib
+import functools
 import json
 import os
 import re
@@ -15,8 +16,6 @@ import zipfile
 
 # What `atomic_path` names its temporaries: ".<final name>.<8 random characters><extension or .tmp>".
 _TEMPORARY = re.compile(r"\.(?P<base>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)")
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once: mkstemp creates 0600 files, finished files get the usual 0666 & ~umask
 
 
 @contextlib.contextmanager
@@ -28,12 +27,32 @@ def atomic_path(final_path):
     os.close(handle)
     try:
         yield temporary
-        if os.path.isfile(temporary):
-            os.chmod(temporary, 0o666 & ~_UMASK)
+        if os.path.isfile(temporary):  # mkstemp made it 0600; a finished file gets the usual 0666 & ~umask
+            os.chmod(temporary, 0o666 & ~umask())
         os.replace(temporary, final_path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def umask():
+    """The process's file-mode creation mask, read without changing it where the system shows it (Linux's
+    /proc/self/status); elsewhere Python can only set it and put it back, done once, as a private 077 mask."""
+    try:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):  # no /proc (macOS, Windows), or a kernel before 4.7
+        pass
+    return _swapped_umask()
+
+
+@functools.cache
+def _swapped_umask():
+    mask = os.umask(0o077)  # a file another thread creates meanwhile is private rather than open to everyone
+    os.umask(mask)
+    return mask
 
 
 def is_temporary(name):
@@ -58,7 +77,7 @@ def make_folder(path, argument):
         os.makedirs(path, exist_ok=True)
     except OSError as error:
         raise type(error)(f"cannot create the folder {path}: {error.strerror or error}; choose another place. "
-                          f"Received: {argument}={str(path)!r}") from None
+                          f"Received: {argument}={str(path)!r}") from error
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write into the folder {path}: permission denied; choose another place. "
                               f"Received: {argument}={str(path)!r}")
@@ -132,11 +151,11 @@ def load_model(path):
         if "safe_mode" in str(error) or "Lambda" in str(error):
             raise ValueError(f"refusing to load {path}: it contains code (a Lambda layer or a pickled function), "
                              "which could run anything; only load it with Keras yourself if you trust its source. "
-                             f"{received}") from None
-        raise ValueError(f"cannot load {path}: {first_line(error)}. {received}") from None
+                             f"{received}") from error
+        raise ValueError(f"cannot load {path}: {first_line(error)}. {received}") from error
     except (OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:  # zip/h5 corruption
         raise ValueError(f"cannot load {path}: the file is damaged or not a Keras model ({first_line(error)}). "
-                         f"{received}") from None
+                         f"{received}") from error
 
 
 def load_weights(model, path):
@@ -147,7 +166,7 @@ def load_weights(model, path):
         raise ValueError(
             f"cannot load weights from {path} into {model.name}: the file does not match this architecture "
             f"({first_line(error)}). Received: weights={str(path)!r}"
-        ) from None
+        ) from error
 
 
 def first_line(error):
