@@ -9,6 +9,7 @@ results are quoted as ratios. Not unit tests.
     python benchmarks/bench.py peak                                  # matmul GFLOP/s: the ceiling
     python benchmarks/bench.py activation --model airbench           # GELU: Keras's against keras_cnn's
     python benchmarks/bench.py train --models small deeper --peer ../shared/bench/torch_reference.py
+    python benchmarks/bench.py train --models small --backends tensorflow jax  # Keras backends side by side
     python benchmarks/bench.py infer --model small                   # Keras, SavedModel, every TFLite variant
     python benchmarks/bench.py memory --model deeper --epochs 6      # RSS after each epoch
     python benchmarks/bench.py pipeline --data ~/.cache/cifar10-jpg  # folder vs in-memory arrays
@@ -188,13 +189,21 @@ def _fresh_keras_throughput(model, count, batch_size, precision, options):
     return speed, run.config["precision"]
 
 
-def fresh_keras_throughput(model, count, batch_size, precision, options=None):
-    """keras_throughput on `count` random images in a new process, as the peer runs: in one long process,
-    each further keras_cnn.train of the same model ran slower (`small`: 5,751, 5,495, 5,302 img/s)."""
+def fresh_keras_throughput(model, count, batch_size, precision, options=None, backend="tensorflow"):
+    """keras_throughput on `count` random images in a new process on Keras's `backend`, as the peer runs: in one
+    long process, each further keras_cnn.train of the same model ran slower (`small`: 5,751, 5,495, 5,302 img/s)."""
     import multiprocessing
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_fresh_keras_throughput, (model, count, batch_size, precision, options or {}))
+    saved = os.environ.get("KERAS_BACKEND")
+    os.environ["KERAS_BACKEND"] = backend  # the spawned process imports Keras with it
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_fresh_keras_throughput, (model, count, batch_size, precision, options or {}))
+    finally:
+        if saved is None:
+            del os.environ["KERAS_BACKEND"]
+        else:
+            os.environ["KERAS_BACKEND"] = saved
 
 
 # PyTorch's CPU allocator hands each large activation back to glibc, which returns it to the OS (mmap) and
@@ -247,35 +256,48 @@ def train_flops_per_image(model_name, shape=(32, 32, 3)):
     return 6 * keras_cnn.describe(model_name, input_shape=shape, num_classes=10).total_macs
 
 
+def _ours(backend):
+    """The sample key of keras-cnn on `backend` ("keras" on TensorFlow, as earlier result files name it)."""
+    return "keras" if backend == "tensorflow" else f"keras_{backend}"
+
+
 def train(args):
     ceilings = {dtype: matmul_gflops(dtype=dtype) for dtype in ("float32", "bfloat16")}
     rows, raw = [], {}
     for name in args.models:
-        samples = {"keras": [], **{f"peer_{path}": [] for path in (args.peer_paths if args.peer else ())}}
-        steal = {key: [] for key in samples}
-        for repeat in range(args.repeats):  # interleaved, so both see the same machine
-            (speed, precision), stolen = with_steal(fresh_keras_throughput, name, args.batch_size * args.steps,
-                                                    args.batch_size, args.precision,
-                                                    PEER_NETWORK.get(name) if args.peer else None)
-            samples["keras"].append(speed)
-            steal["keras"].append(stolen)
+        samples = {**{_ours(backend): [] for backend in args.backends},
+                   **{f"peer_{path}": [] for path in (args.peer_paths if args.peer else ())}}
+        steal, precisions = {key: [] for key in samples}, {}
+        for repeat in range(args.repeats):  # interleaved, so all see the same machine
+            for backend in args.backends:
+                (speed, precisions[backend]), stolen = with_steal(
+                    fresh_keras_throughput, name, args.batch_size * args.steps, args.batch_size, args.precision,
+                    PEER_NETWORK.get(name) if args.peer else None, backend)
+                samples[_ours(backend)].append(speed)
+                steal[_ours(backend)].append(stolen)
             for path in args.peer_paths if args.peer else ():
                 speed, stolen = with_steal(peer_throughput, args.peer, name, args.batch_size, args.steps, path)
                 samples[f"peer_{path}"].append(speed)
                 steal[f"peer_{path}"].append(stolen)
             print(f"{name} repeat {repeat + 1}: " + ", ".join(f"{key} {values[-1]:.0f} (steal {steal[key][-1]:.0%})"
                                                               for key, values in samples.items()), flush=True)
-        ours = statistics.median(samples["keras"])
+        first = args.backends[0]
+        ours = statistics.median(samples[_ours(first)])
         gflops = ours * train_flops_per_image(name) / 1e9
-        ceiling = ceilings["bfloat16" if "bfloat16" in precision else "float32"]
-        row = [name, precision, f"{ours:.0f}", f"{gflops:.1f}", f"{gflops / ceiling:.0%}"]
+        ceiling = ceilings["bfloat16" if "bfloat16" in precisions[first] else "float32"]
+        row = [name, precisions[first], f"{ours:.0f}", f"{gflops:.1f}", f"{gflops / ceiling:.0%}"]
+        for backend in args.backends[1:]:
+            other = statistics.median(samples[_ours(backend)])
+            row += [precisions[backend], f"{other:.0f}", f"{other / ours:.2f}x"]
         if args.peer:
-            peers = {key: statistics.median(values) for key, values in samples.items() if key != "keras"}
+            peers = {key: statistics.median(values) for key, values in samples.items() if key.startswith("peer_")}
             best = max(peers, key=peers.get)
             row += [f"{value:.0f}" for value in peers.values()] + [best[5:], f"{ours / peers[best]:.2f}x"]
         rows.append(row)
-        raw[name] = {"images_per_second": samples, "steal": steal}
-    header = ["model", "precision", "img/s", "GFLOP/s", "of peak"]
+        raw[name] = {"images_per_second": samples, "steal": steal, "precision": precisions}
+    header = ["model", f"{args.backends[0]} precision", "img/s", "GFLOP/s", "of peak"]
+    for backend in args.backends[1:]:
+        header += [f"{backend} precision", f"{backend} img/s", f"{backend} / {args.backends[0]}"]
     if args.peer:
         header += [f"peer {path} img/s" for path in args.peer_paths] + ["peer best", "ours / peer best"]
     peaks = ", ".join(f"{dtype} {value:.0f}" for dtype, value in ceilings.items())
@@ -397,6 +419,8 @@ def main(argv=None):
     sub.add_argument("--precision", default="auto")
     sub = command("train", train, "training images/second beside the PyTorch peer")
     sub.add_argument("--models", nargs="+", default=["small", "deeper"])
+    sub.add_argument("--backends", nargs="+", choices=["tensorflow", "jax", "torch"], default=["tensorflow"],
+                     help="Keras backends to train on, each in its own process; ratios are against the first")
     sub.add_argument("--peer", help="path to torch_reference.py (needs torch installed)")
     sub.add_argument("--batch-size", type=int, default=128)
     sub.add_argument("--steps", type=int, default=391,

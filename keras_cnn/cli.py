@@ -13,10 +13,11 @@ import re
 import sys
 import threading
 
-# Errors that describe bad input, a file system problem (missing, not writable, full) or a diverged run
-# (`TrainingDiverged` is a ValueError) rather than a bug: shown as one line. Anything else is a bug, shown as one
-# line that says how to see its traceback.
-USER_ERRORS = (ValueError, OSError)
+# What is shown as the user's error, in one line: a file system problem (missing, not writable, full; an OSError
+# wherever it surfaces), or a ValueError keras-cnn itself raised about what it was asked (bad input, a diverged
+# run: `TrainingDiverged`). A ValueError raised inside TensorFlow, Keras or another library is keras-cnn's bug,
+# as is anything else: one line too, saying how to see the traceback (--debug, which shows the causes as well).
+FILE_ERRORS = (OSError,)
 LOG_HANDLER = "keras_cnn.cli"
 
 
@@ -187,16 +188,25 @@ def _configure_logging():
 
 def _data_options(args):
     return {key: value for key, value in (("val_fraction", args.val_fraction), ("image_size", args.image_size),
-                                          ("data_dir", args.data_dir)) if value is not None}
+                                          ("data_dir", args.data_dir), ("skip_bad_images", args.skip_bad_images))
+            if value is not None}
 
 
 def cmd_train(args):
+    processes = _distributed_config(args)
+    if processes is not None:
+        from keras_cnn.training import supervision
+
+        if not supervision.is_child():  # train in a watched child process: JAX's aborts become one line
+            label = "this process" if processes.process_id is None else f"process {processes.process_id}"
+            return supervision.supervise(args.argv, label, drop=None if args.verbose else NATIVE_LOG)
+        supervision.die_with_parent()
     _quiet_tensorflow()
     from keras_cnn.artifacts import runs
     from keras_cnn.cli_parser import train_options
     from keras_cnn.training.trainer import train
 
-    kwargs = {"data": "digits"}
+    kwargs = {"data": "digits"} if processes is None else {"data": "digits", "distribution": processes}
     if args.config:
         kwargs.update(runs.open_run(args.config).rerun_arguments())
     elif not args.model:
@@ -214,12 +224,50 @@ def cmd_train(args):
     if _data_options(args):
         kwargs["data_options"] = {**(kwargs.get("data_options") or {}), **_data_options(args)}
     run = train(kwargs.pop("model"), kwargs.pop("data"), out=args.out, resume=args.resume, **kwargs)
+    if run.metrics is None:  # a process other than 0 of a distributed run: process 0 reports
+        print(f"trained; process 0 writes the run folder {run.path} and reports")
+        return
     print(run.metrics)
     print(f"\nrun folder: {run.path}")
     if args.export:
+        _export_trained(run, args.export)
+
+
+def _distributed_config(args):
+    """`train --distributed`'s `DistributedConfig` (its flags, checked), or None without --distributed."""
+    from keras_cnn.training import distributed
+
+    flags = {"coordinator": args.coordinator, "num_processes": args.num_processes, "process_id": args.process_id}
+    if not args.distributed:
+        given = next((name for name, value in flags.items() if value is not None), None)
+        if given:
+            raise ValueError(f"--{given.replace('_', '-')} applies to --distributed training. "
+                             f"Received: {given}={flags[given]!r}")
+        return None
+    from keras_cnn.utils import backends
+
+    distributed.check_backend(backends.requested(), args.strategy)
+    return distributed.DistributedConfig.from_environment(**flags, join_timeout=args.join_timeout,
+                                                          heartbeat_timeout=args.heartbeat_timeout)
+
+
+def _export_trained(run, formats):
+    """`train --export`: in this process on TensorFlow; from another backend, in a TensorFlow process, since
+    Keras keeps one backend per process and export converts with TensorFlow."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
         from keras_cnn.exporting.pipeline import export
 
-        export(run, formats=args.export)
+        export(run, formats=formats)
+        return
+    import subprocess
+
+    command = [sys.executable, "-m", "keras_cnn.cli", "--backend", "tensorflow", "export", run.path, "--formats",
+               ",".join(formats) if isinstance(formats, (list, tuple)) else formats]
+    if subprocess.run(command, env={**os.environ, "KERAS_BACKEND": "tensorflow"}).returncode:
+        raise ValueError(f"the export of {run.path} failed (its lines are above); the run folder is complete: "
+                         f"export it again with `keras-cnn export {run.path}`. Received: export={formats!r}")
 
 
 def cmd_export(args):
@@ -314,25 +362,43 @@ HANDLERS = {  # the parser's `handler` names -> the functions that run them
 }
 
 
+# Commands that run on TensorFlow whatever $KERAS_BACKEND says: export converts with TensorFlow's converter,
+# and the others only fetch files.
+TENSORFLOW_COMMANDS = ("export", "weights_download", "data_download")
+
+
+def _select_backend(args):
+    """Set the Keras backend from --backend (or $KERAS_BACKEND) before any command imports Keras."""
+    from keras_cnn.utils import backends
+
+    if args.handler not in TENSORFLOW_COMMANDS:
+        backends.select(args.backend)
+        return
+    if args.backend not in (None, "tensorflow"):
+        raise ValueError(f"{args.command} runs on TensorFlow (its converter and loaders are TensorFlow's); a model "
+                         f"trained on any backend exports from there. Received: backend={args.backend!r}")
+    backends.select("tensorflow")
+
+
 def main(argv=None):
     from keras_cnn.cli_parser import parser
 
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --distributed` runs again as its child
     _configure_logging()
     for library in () if args.verbose else ("absl", "tensorflow"):  # their warnings speak of TensorFlow's insides
         logging.getLogger(library).setLevel(logging.ERROR)
     try:
-        with contextlib.nullcontext() if args.verbose else _native_logs_dropped():
+        _select_backend(args)
+        with contextlib.nullcontext() if args.verbose or _distributed_child() else _native_logs_dropped():
             status = HANDLERS[args.handler](args)
-    except USER_ERRORS as error:
+    except Exception as error:
         if args.debug:
             raise
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"keras-cnn: error: {message}", file=sys.stderr)
-        return 2
-    except Exception as error:  # a bug: say so, and how to see where it happened
-        if args.debug:
-            raise
+        if _is_user_error(error):
+            message = " ".join(str(error).split()) or type(error).__name__
+            print(f"keras-cnn: error: {message}", file=sys.stderr)
+            return 2
         message = " ".join(str(error).split()[:40])
         print(f"keras-cnn: internal error: {type(error).__name__}: {message} (a bug in keras-cnn, not in what you "
               "asked for: rerun with --debug for the traceback, and please report it)", file=sys.stderr)
@@ -343,5 +409,34 @@ def main(argv=None):
     return status or 0
 
 
+def _is_user_error(error):
+    """Whether `error` is about what the user asked or their files (see FILE_ERRORS), not a bug."""
+    if isinstance(error, FILE_ERRORS) or type(error).__module__.startswith("keras_cnn."):  # TrainingDiverged, ...
+        return True
+    return isinstance(error, ValueError) and _raised_in_keras_cnn(error)
+
+
+def _raised_in_keras_cnn(error):
+    """Whether the innermost frame of `error`'s traceback is keras-cnn's own code (keras_cnn or its tuning)."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    roots = [os.path.dirname(os.path.abspath(module.__file__)) + os.sep for name, module in list(sys.modules.items())
+             if name in ("keras_cnn", "keras_cnn.tuning") and getattr(module, "__file__", None)]
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(tuple(roots))
+
+
+def _distributed_child():
+    """Whether this is the training process of `train --distributed`, whose watchdog filters its output."""
+    from keras_cnn.training import supervision
+
+    return supervision.is_child()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status and _distributed_child():  # leave now: JAX's exit handler would wait for the processes that failed
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

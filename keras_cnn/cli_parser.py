@@ -93,6 +93,31 @@ def _add_data_arguments(s, default_note):
                    "(default 0.1; the airbench recipes 0: all training images)")
     s.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images when loading")
     s.add_argument("--data-dir", help="tensorflow-datasets folder: prepared data sets, and where tfds: downloads go")
+    s.add_argument("--skip-bad-images", action="store_true", default=None,
+                   help="folder data: leave out the images that cannot be decoded (damaged, cut short, not images) "
+                   "instead of stopping at the first, counted on screen and listed in skipped_images.txt of the run "
+                   "or search folder; every image is decoded once while loading")
+
+
+def _add_distributed_arguments(s):
+    from keras_cnn.training import distributed
+
+    group = s.add_argument_group("several processes, on one machine or many (JAX backend; docs/training.md)")
+    group.add_argument("--distributed", action="store_true", help="data-parallel training over processes with "
+                       "keras.distribution: run the same command (with --out) in every process; process 0 writes "
+                       "the run folder")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address and a free port on it "
+                       "(default: $KERAS_DISTRIBUTION_JOB_ADDRESSES, or what JAX detects: SLURM, Open MPI, "
+                       "Kubernetes)")
+    group.add_argument("--num-processes", type=int, metavar="N", help="how many processes train (default: "
+                       "$KERAS_DISTRIBUTION_NUM_PROCESSES, or detected)")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1 (default: "
+                       "$KERAS_DISTRIBUTION_PROCESS_ID, or detected)")
+    group.add_argument("--join-timeout", type=int, default=distributed.JOIN_TIMEOUT, metavar="SECONDS",
+                       help=f"for every process to join (default {distributed.JOIN_TIMEOUT})")
+    group.add_argument("--heartbeat-timeout", type=int, default=distributed.HEARTBEAT_TIMEOUT, metavar="SECONDS",
+                       help="silence after which a process counts as lost and the others stop (default "
+                       f"{distributed.HEARTBEAT_TIMEOUT})")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,6 +125,15 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def _backend_option(p, default=argparse.SUPPRESS):
+    """`--backend`, before or after the command (the command's own, when given, wins)."""
+    from keras_cnn.utils.backends import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default=default,
+                   help="the Keras backend to compute on (default: $KERAS_BACKEND, else tensorflow); jax needs "
+                   '`pip install -e ".[jax]"`. export always converts on tensorflow')
 
 
 def parser():
@@ -114,6 +148,7 @@ def parser():
     p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     p.add_argument("-v", "--verbose", action="store_true", help="also show what TensorFlow, TFLite and absl log "
                    "from C++ (dropped by default: only keras-cnn's own lines are printed)")
+    _backend_option(p, default=None)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("list", help="list the registered models", description="List the registered models "
@@ -137,6 +172,7 @@ def parser():
     s.add_argument("--json", action="store_true", help="print the table as JSON")
     s.add_argument("--plot", action="store_true", help="also chart receptive field and feature-map size per layer")
     s.add_argument("--plot-out", metavar="PNG", help="where to write the chart (default MODEL_receptive_field.png)")
+    _backend_option(s)
     s.set_defaults(handler="describe")
 
     s = sub.add_parser("show", help="feature maps and filters of a trained model as PNG grids",
@@ -156,6 +192,7 @@ def parser():
     s.add_argument("--cam-layer", metavar="LAYER", help="the spatial layer for --cam, nested ones too (default: the "
                    "last spatial layer)")
     s.add_argument("--class-index", type=int, metavar="K", help="the class --cam explains (default: the top class)")
+    _backend_option(s)
     s.set_defaults(handler="show")
 
     s = sub.add_parser("train", help="train a model and write a run folder",
@@ -173,10 +210,12 @@ def parser():
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="model override, e.g. --set dropout=0.3")
     s.add_argument("--out", help="run folder (default saved_models/<model>-<data>-<time>)")
     s.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    _add_distributed_arguments(s)
     s.add_argument("--config", metavar="CONFIG_JSON", help="rerun a previous run: RUN_DIR/config.json (or RUN_DIR)")
     s.add_argument("--export", type=_csv, metavar="FORMATS",
                    help="then export and verify the run: saved_model, tflite, onnx (comma-separated; TFLite as "
                    "float32 and int8), as `keras-cnn export RUN --formats FORMATS`")
+    _backend_option(s)
     s.set_defaults(handler="train")
 
     s = sub.add_parser("evaluate", help="evaluate a run folder on its test split (or other data)",
@@ -201,6 +240,7 @@ def parser():
     s.add_argument("--artifact", metavar="FILE", help="measure the corruptions on an exported model (e.g. "
                    "EXPORT/deeper_int8.tflite) instead of the Keras model")
     s.add_argument("--seed", type=int, default=0, help="seed of the corruptions' noise (default 0)")
+    _backend_option(s)
     s.set_defaults(handler="evaluate")
 
     s = sub.add_parser("export", help="export a run to SavedModel / TFLite / ONNX, each verified against Keras",
@@ -248,6 +288,7 @@ def parser():
     s.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
     s.add_argument("--client", choices=[client for client in options.CLIENTS if client], help="classify a .tflite with MediaPipe Tasks' "
                    "ImageClassifier, from the file's own metadata (labels, normalization), as an app would")
+    _backend_option(s)
     s.set_defaults(handler="predict")
 
     s = sub.add_parser("tune", help="search for the best model and settings under a budget (keras-tuner)",
@@ -296,6 +337,7 @@ def parser():
     s.add_argument("--workers", type=int, default=2, help="worker processes with --distributed (default 2)")
     s.add_argument("--no-retrain", action="store_true", help="keep the best trial's checkpoint, do not retrain")
     s.add_argument("--quiet", action="store_true", help="no per-trial report")
+    _backend_option(s)
     s.set_defaults(handler="tune")
 
     s = sub.add_parser("weights", help="manage pretrained backbone weights (Keras cache)",

@@ -94,6 +94,33 @@ def test_a_diverged_run_is_a_one_line_user_error(monkeypatch, capsys):
     assert capsys.readouterr().err == "keras-cnn: error: training diverged (the loss became NaN or infinite)\n"
 
 
+def test_a_value_error_raised_inside_a_library_is_a_bug_not_the_users(monkeypatch, capsys):
+    import keras
+
+    from keras_cnn.models import registry
+
+    def broken(*args, **kwargs):
+        keras.layers.Dense(-1)  # Keras itself raises the ValueError
+
+    monkeypatch.setattr(registry, "list_models", broken)
+    assert cli.main(["list"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("keras-cnn: internal error: ValueError: ") and "rerun with --debug" in error
+
+
+def test_debug_shows_the_cause_behind_a_one_line_error(tmp_path, capsys):
+    import zipfile
+
+    damaged = tmp_path / "model.keras"
+    with zipfile.ZipFile(damaged, "w") as archive:  # a zip archive, but not Keras's
+        archive.writestr("notes.txt", "no config.json here")
+    assert cli.main(["show", str(damaged), "--filters"]) == 2
+    assert capsys.readouterr().err.startswith(f"keras-cnn: error: cannot load {damaged}")
+    with pytest.raises(ValueError, match="cannot load") as raised:
+        cli.main(["--debug", "show", str(damaged), "--filters"])
+    assert raised.value.__cause__ is not None  # what Keras or zipfile said, kept for the traceback
+
+
 def test_train_options_are_the_librarys_choices_and_defaults():
     import inspect
 

@@ -11,6 +11,7 @@ import pytest
 import keras_cnn
 from keras_cnn.artifacts import runs
 from keras_cnn.evaluation import evaluate as evaluation
+from keras_cnn.training import batches as training_batches
 from keras_cnn.training import optimizers, precision, recipes
 from keras_cnn.training import trainer as training
 from keras_cnn.utils import io
@@ -182,8 +183,8 @@ def test_divergence_explains_what_to_try(tmp_path, digits):
 @pytest.mark.parametrize("mix", [{"mixup": 0.4}, {"cutmix": 1.0}])
 def test_mixup_and_cutmix_soften_the_labels(digits, mix):
     model = keras_cnn.build("small", input_shape=(8, 8, 1), width=0.25)
-    batches = training._training_batches(digits, 64, (8, 8, 1), 0, mix.get("mixup", 0), mix.get("cutmix", 0),
-                                         model)
+    batches = training_batches.shuffled_batches(digits, 64, (8, 8, 1), 0, mix.get("mixup", 0),
+                                                mix.get("cutmix", 0), model)
     _, labels = next(iter(batches))
     labels = labels.numpy()
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-5)
@@ -286,7 +287,12 @@ def test_cli_train_and_evaluate(tmp_path):
 
 def test_atomic_writes_leave_normal_permissions_and_no_partial_file(tmp_path):
     io.write_text(tmp_path / "a.txt", "ok")
-    assert oct(os.stat(tmp_path / "a.txt").st_mode & 0o777) == oct(0o666 & ~io._UMASK)
+    assert oct(os.stat(tmp_path / "a.txt").st_mode & 0o777) == oct(0o666 & ~io.umask())
+    previous = os.umask(0o027)
+    try:
+        assert io.umask() == 0o027 and os.umask(0o027) == 0o027  # read, never changed
+    finally:
+        os.umask(previous)
     io.write_text(tmp_path / "b.txt", "good")
     with pytest.raises(RuntimeError):
         with io.atomic_path(tmp_path / "b.txt") as temporary:

@@ -2,6 +2,7 @@
 results and the retrained model; memory over many trials, Hyperband and distributed mode are slow."""
 import gc
 import glob
+import importlib.util
 import json
 import os
 import shutil
@@ -19,7 +20,8 @@ from tensorflow.python.framework.func_graph import FuncGraph
 import keras_cnn
 from keras_cnn.tuning import budgets, results, search, spaces
 from keras_cnn.tuning.hypermodel import ZooHyperModel
-from keras_cnn.tuning.tuners import HyperbandOracle, HyperbandTuner, ZooTuner, _custom_gradients_released, make_tuner
+from keras_cnn.tuning.tuners import HyperbandOracle, HyperbandTuner, ZooTuner, make_tuner
+from keras_cnn.utils.compat import custom_gradients_released
 
 DIGITS = (8, 8, 1)
 FAST = dict(epochs=2, verbose=0, seed=3)
@@ -126,7 +128,7 @@ def test_a_trained_models_graph_does_not_outlive_its_trial():
 
     before = train_steps()  # other tests may have trained outside a trial
     x, y = np.zeros((16, *DIGITS), "float32"), np.eye(10, dtype="float32")[np.arange(16) % 10]
-    with _custom_gradients_released():
+    with custom_gradients_released():
         model = hypermodel(tiny).build(keras_tuner.HyperParameters())
         model.fit(x, y, epochs=1, verbose=0)
         assert train_steps() > before
@@ -221,7 +223,7 @@ def test_each_tuner_lifts_keras_tuners_failure_limit(tmp_path):
              "bayesian": keras_tuner.oracles.BayesianOptimizationOracle, "hyperband": HyperbandOracle}
     for kind, oracle_class in kinds.items():
         tuner = make_tuner(str(tmp_path / kind), {**settings, "tuner": kind}, hypermodel(spaces.cnn))
-        assert type(tuner.oracle) is oracle_class and tuner.oracle.max_consecutive_failed_trials > 10**6
+        assert isinstance(tuner.oracle, oracle_class) and tuner.oracle.max_consecutive_failed_trials > 10**6
         assert isinstance(tuner, HyperbandTuner if kind == "hyperband" else ZooTuner)
         assert tuner.oracle.seed == 1  # keras-tuner would pick a random seed for 0
         assert {hp.name for hp in tuner.oracle.get_space().space} >= {"stages", "filters_4", "flip", "sgd_lr"}
@@ -293,14 +295,17 @@ def _in_private_network(command):
 
 
 @pytest.mark.slow
-def test_distributed_chief_and_two_workers_share_the_trials(tmp_path):
+@pytest.mark.parametrize("backend", ["tensorflow", pytest.param("jax", marks=pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="jax is not installed"))])
+def test_distributed_chief_and_two_workers_share_the_trials(tmp_path, backend):
     out = str(tmp_path / "tune")
     script = textwrap.dedent(f"""
         from keras_cnn.tuning import search
         search("digits", space="cnn", max_trials=4, epochs=1, out={out!r}, retrain=False, verbose=0,
                distributed=True, workers=2)
     """)
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+           "KERAS_BACKEND": backend}  # the workers inherit it; the chief only hands out trials
     process = subprocess.Popen(_in_private_network([sys.executable, "-c", script]), env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -388,6 +393,19 @@ def test_private_api_trials_load_from_their_json(tmp_path):
     assert results._trial_class() is Trial and Trial.load(str(tmp_path / "trial.json")).trial_id == "03"
 
 
+def test_private_api_state_files_are_written_where_tuning_recovery_writes_them_atomically():
+    from keras_tuner.src.engine import base_tuner, oracle
+
+    assert "self.oracle.save()" in _source(base_tuner.BaseTuner.save)  # ZooTuner.save does what it did
+    assert "self._get_tuner_fname()" in _source(base_tuner.BaseTuner.save)
+    assert "self._get_tuner_fname()" in _source(base_tuner.BaseTuner.__init__)  # reloads when the file is there
+    assert "super().save(self._get_oracle_fname())" in _source(oracle.Oracle.save)
+    assert _source(oracle).count("self._save_trial(trial)") == 3  # create_trial, update_trial, end_trial
+    assert _parameters(oracle.Oracle._save_trial) == ["self", "trial"]
+    assert _parameters(oracle.Oracle._compute_values_hash) == ["self", "values"]  # recovery.rebuilt_state
+    assert '"trial_*", "trial.json"' in _source(oracle.Oracle.reload)
+
+
 def test_private_api_bayesian_oracle_draws_from_its_random_state():
     oracle = keras_tuner.oracles.BayesianOptimizationOracle(objective=keras_tuner.Objective("score", "max"), seed=4)
     assert isinstance(oracle._random_state, np.random.RandomState)  # ParEGOOracle draws its weights from it
@@ -401,3 +419,14 @@ def test_private_api_trials_checkpoint_through_save_best_epoch():
     source = _source(tuner_module.Tuner.run_trial)  # ZooHyperModel.fit finds the callback by its name and filepath
     assert "tuner_utils.SaveBestEpoch(" in source and "callbacks.append(model_checkpoint)" in source
     assert SaveBestEpoch(keras_tuner.Objective("x", "max"), "w.weights.h5").filepath == "w.weights.h5"
+
+
+def test_private_api_what_the_atomic_files_and_the_rebuilt_brackets_read():
+    from keras_tuner.src.engine import base_tuner, oracle
+
+    assert "if not self._is_worker():" in _source(base_tuner.BaseTuner.save)  # ZooTuner.save keeps it
+    assert 'self._get_trial_dir(trial_id), "trial.json"' in _source(oracle.Oracle._save_trial)  # AtomicOracle's
+    assert _parameters(oracle.Oracle._get_trial_dir) == ["self", "trial_id"]
+    hyperband = HyperbandOracle(objective=keras_tuner.Objective("val_accuracy", "max"), max_epochs=9, factor=3)
+    assert (hyperband._current_bracket, hyperband._current_iteration) == (2, 0)  # the plan starts at the top
+    assert [hyperband._get_epochs(bracket, 0) for bracket in range(3)] == [9, 3, 1]

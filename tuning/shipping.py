@@ -10,12 +10,13 @@ default CPU delegate and thread count). The size is the size of the file `export
 weights, byte for byte.
 """
 import dataclasses
+import json
 import os
 import tempfile
 
 import numpy as np
 
-from keras_cnn.models.options import QUANTIZATIONS
+from keras_cnn.models.options import QUANTIZATIONS, positive_int
 
 LATENCY_RUNS = 50  # export's default
 CALIBRATION_SAMPLES = 300  # export's default
@@ -58,8 +59,7 @@ def check(variant, latency_runs, image_data=None):
     """ValueError, one line, for a variant or run count that cannot be measured (int8 with no training images)."""
     if variant not in QUANTIZATIONS:
         raise ValueError(f"`ship` must be one of {', '.join(QUANTIZATIONS)}. Received: ship={variant!r}")
-    if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or latency_runs < 0:
-        raise ValueError(f"`latency_runs` must be an integer >= 0. Received: latency_runs={latency_runs!r}")
+    positive_int("latency_runs", latency_runs, minimum=0)
     if image_data is not None and variant == "int8" and not image_data.sizes["train"]:
         raise ValueError(f"an int8 file is calibrated on training images and {image_data.name} has none; ship "
                          "float32, float16 or dynamic. Received: ship='int8'")
@@ -78,6 +78,10 @@ def prepare(image_data, variant, latency_runs):
 
 def measure(model, shipping):
     """{ship_accuracy (0-1), ship_kb, ship_latency_ms, ship_agreement_pct} of `model` converted as it ships."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return _measure_on_tensorflow(model, shipping)
     from keras_cnn.artifacts.prediction import keras_artifact, load_artifact
     from keras_cnn.exporting.pipeline import inference_model, tflite_bytes
     from keras_cnn.exporting.tflite import mobile_model
@@ -97,3 +101,55 @@ def measure(model, shipping):
                                timed=shipping.latency_runs > 0)
     return {"ship_accuracy": round(row["accuracy_pct"] / 100, 5), "ship_kb": row["size_kb"],
             "ship_latency_ms": row["latency_ms"], "ship_agreement_pct": row["agreement_pct"]}
+
+
+def _measure_on_tensorflow(model, shipping):
+    """`measure` in a TensorFlow process, for a search on another backend: Keras keeps one backend per process,
+    and the converter takes TensorFlow models. The trial's model (a `.keras` file, which loads on any backend)
+    and the `Shipping` (its arrays as raw numbers, the rest as JSON) go through a private temporary folder."""
+    import subprocess
+    import sys
+
+    from keras_cnn.utils.files import MODEL_FILE
+    from keras_cnn.utils.io import write_json
+
+    with tempfile.TemporaryDirectory(prefix=".ship-") as folder:
+        model.save(os.path.join(folder, MODEL_FILE))
+        arrays = {name: getattr(shipping, name) for name in ("x", "y", "calibration")}
+        layouts = {name: _write_raw(os.path.join(folder, name), array) for name, array in arrays.items()
+                   if array is not None}
+        settings = {field.name: getattr(shipping, field.name) for field in dataclasses.fields(shipping)
+                    if field.name not in arrays}
+        write_json(os.path.join(folder, "shipping.json"), {"settings": settings, "arrays": layouts})
+        done = subprocess.run([sys.executable, "-m", "keras_cnn.tuning.shipping", folder], capture_output=True,
+                              env={**os.environ, "KERAS_BACKEND": "tensorflow"}, text=True)
+        if done.returncode:
+            raise ValueError(f"measuring the shipped file in a TensorFlow process failed: "
+                             f"{(done.stderr.strip().splitlines() or ['no message'])[-1]}")
+        with open(os.path.join(folder, "measured.json")) as handle:
+            return json.load(handle)
+
+
+def _write_raw(path, array):
+    """Write `array`'s numbers alone (nothing that could hold code) and return its dtype and shape."""
+    array.tofile(path)
+    return {"dtype": array.dtype.str, "shape": list(array.shape)}
+
+
+def _measure_saved(folder):
+    """The TensorFlow side of `_measure_on_tensorflow`: measure the model saved in `folder`, write measured.json."""
+    from keras_cnn.utils.files import MODEL_FILE
+    from keras_cnn.utils.io import load_model, write_json
+
+    with open(os.path.join(folder, "shipping.json")) as handle:
+        saved = json.load(handle)
+    arrays = {name: np.fromfile(os.path.join(folder, name), dtype=layout["dtype"]).reshape(layout["shape"])
+              for name, layout in saved["arrays"].items()}
+    shipping = Shipping(**saved["settings"], **arrays)
+    write_json(os.path.join(folder, "measured.json"), measure(load_model(os.path.join(folder, MODEL_FILE)), shipping))
+
+
+if __name__ == "__main__":
+    import sys
+
+    _measure_saved(sys.argv[1])

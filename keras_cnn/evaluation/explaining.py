@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from keras_cnn.utils import compat
+
 
 @dataclasses.dataclass
 class Explanation:
@@ -42,6 +44,7 @@ def explain(run_or_model, images, class_index=None, layer=None):
         layer: None (the last spatial layer), or the name of a layer with a spatial output, of the model or
             of a nested model.
     """
+    import keras
     import tensorflow as tf
 
     model = _model(run_or_model)
@@ -52,6 +55,12 @@ def explain(run_or_model, images, class_index=None, layer=None):
         raise ValueError(f"class_index must be an integer in [0, {max(units, 2) - 1}] for {model.name}. "
                          f"Received: class_index={class_index!r}")
     path = _layer_path(model, layer)
+    if keras.backend.backend() == "jax":
+        heatmaps, chosen, probabilities = _jax_maps(*_split(model, path), x, units, class_index)
+        return Explanation(x, heatmaps[..., 0], chosen, probabilities, "/".join(lay.name for lay in path))
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(f"Grad-CAM runs on the tensorflow and jax backends. Received: backend="
+                         f"{keras.backend.backend()!r}")
     forward = _forward(model, path)
 
     # A graph, not eager ops: eagerly, TensorFlow 2.21's oneDNN kernels crashed the process (double free)
@@ -194,13 +203,13 @@ def _forward(model, path):
     if len(path) == 1:
         probe = keras.Model(model.inputs, [target.output, model.outputs[0]])
         return lambda x: probe(x, training=False)
-    node = target._inbound_nodes[0]  # the call of the nested model in `model`'s graph
+    inputs, outputs = compat.first_call(target)  # the call of the nested model in `model`'s graph
     try:
-        before = keras.Model(model.inputs, node.input_tensors[0])
-        after = keras.Model(node.output_tensors[0], model.outputs[0])
+        before = keras.Model(model.inputs, inputs[0])
+        after = keras.Model(outputs[0], model.outputs[0])
     except ValueError as error:
         raise ValueError(f"cannot split {model.name} around its nested model {target.name!r} ({error}); name a "
-                         f"layer of {model.name} itself. Received: layer={path[-1].name!r}") from None
+                         f"layer of {model.name} itself. Received: layer={path[-1].name!r}") from error
     inner = _forward(target, path[1:])
 
     def run(x):
@@ -208,6 +217,46 @@ def _forward(model, path):
         return features, after(inner_output, training=False)
 
     return run
+
+
+def _split(model, path):
+    """(images -> the output of path[-1], that output -> the model's output), through nested models: the two
+    halves JAX differentiates between (it takes gradients of functions, not of tensors on a tape)."""
+    import keras
+
+    target = path[0]
+    if len(path) == 1:
+        head, tail = keras.Model(model.inputs[0], target.output), keras.Model(target.output, model.outputs[0])
+        return lambda x: head(x, training=False), lambda features: tail(features, training=False)
+    inputs, outputs = compat.first_call(target)  # the call of the nested model in `model`'s graph
+    before = keras.Model(model.inputs[0], inputs[0])
+    after = keras.Model(outputs[0], model.outputs[0])
+    inner_head, inner_tail = _split(target, path[1:])
+    return (lambda x: inner_head(before(x, training=False)),
+            lambda features: after(inner_tail(features), training=False))
+
+
+def _jax_maps(head, tail, x, units, class_index):
+    """Grad-CAM maps (N, H, W, 1), chosen classes and probabilities as numpy arrays, by `jax.grad` of the log
+    probability of the chosen class with respect to the spatial layer's output."""
+    import jax
+    import jax.numpy as jnp
+    import tensorflow as tf
+
+    def score(features):
+        probabilities = jnp.asarray(tail(features), jnp.float32)
+        if units == 1:  # one sigmoid unit: P(class 1)
+            probabilities = jnp.concatenate([1.0 - probabilities, probabilities], axis=-1)
+        chosen = (jnp.argmax(probabilities, axis=-1) if class_index is None
+                  else jnp.full(probabilities.shape[:1], int(class_index)))
+        picked = jnp.take_along_axis(probabilities, chosen[:, None], axis=1)
+        return jnp.sum(jnp.log(picked + 1e-12)), (chosen, probabilities)  # each image's score: its own gradient
+
+    features = head(x)
+    gradients, (chosen, probabilities) = jax.grad(score, has_aux=True)(features)
+    maps = _grad_cam(tf.constant(np.asarray(features, np.float32)), tf.constant(np.asarray(gradients, np.float32)),
+                     x.shape[1:3])
+    return maps.numpy(), np.asarray(chosen), np.asarray(probabilities)
 
 
 def _grad_cam(features, gradients, size):

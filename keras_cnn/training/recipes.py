@@ -59,10 +59,16 @@ MACS_PER_EXECUTION = 64e9
 MAX_STEPS_PER_EXECUTION = 32
 
 
-def defaults(recipe, **given):
-    """`given` (epochs, batch_size, label_smoothing, tta, ema) with each None replaced by the recipe's default."""
+def check_recipe(recipe):
+    """`recipe` if it is one of ALL_RECIPES, else a ValueError naming them."""
     if recipe not in ALL_RECIPES:
         raise ValueError(f"`recipe` must be one of {', '.join(ALL_RECIPES)}. Received: recipe={recipe!r}")
+    return recipe
+
+
+def defaults(recipe, **given):
+    """`given` (epochs, batch_size, label_smoothing, tta, ema) with each None replaced by the recipe's default."""
+    check_recipe(recipe)
     chosen = {**TRAIN_DEFAULTS, **RECIPE_DEFAULTS.get(recipe, {})}
     return {key: chosen[key] if value is None else value for key, value in given.items()}
 
@@ -74,8 +80,7 @@ def optimizer(recipe, *, total_steps, learning_rate=None, batch_size=128, ema=No
 
     from keras_cnn.training.optimizers import TorchSGD
 
-    if recipe not in ALL_RECIPES:
-        raise ValueError(f"`recipe` must be one of {', '.join(ALL_RECIPES)}. Received: recipe={recipe!r}")
+    check_recipe(recipe)
     peak = DEFAULT_LR[recipe] if learning_rate is None else learning_rate
     if not peak > 0:
         raise ValueError(f"the learning rate must be > 0. Received: learning_rate={learning_rate!r}")
@@ -135,9 +140,13 @@ def _airbench_muon_optimizer(kernel_rate, total_steps, batch_size, averaging):
 
 def steps_per_execution(model, batch_size):
     """Training steps per Keras call for `model` at `batch_size` (1 to 32); batch-level callbacks and the
-    progress bar then update once per call."""
+    progress bar then update once per call. Keras runs one step per call on PyTorch."""
+    import keras
+
     from keras_cnn.analysis import architecture as analysis
 
+    if keras.backend.backend() == "torch":
+        return 1
     step = 3 * analysis.model_macs(model) * batch_size
     return int(max(1, min(MAX_STEPS_PER_EXECUTION, MACS_PER_EXECUTION // max(step, 1))))
 

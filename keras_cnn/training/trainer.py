@@ -27,13 +27,13 @@ import platform
 import sys
 import time
 import types
-from typing import NamedTuple
 
 from keras_cnn.artifacts import card, runs
 from keras_cnn.models import options
-from keras_cnn.training import recipes
+from keras_cnn.training import batches as training_batches
+from keras_cnn.training import distributed, recipes
 from keras_cnn.training.precision import cpu_model, model_precision, resolve_precision
-from keras_cnn.utils import io
+from keras_cnn.utils import backends, io
 
 logger = logging.getLogger("keras_cnn")
 
@@ -51,9 +51,9 @@ class TrainingDiverged(ValueError):
 
 def train(model, data="digits", *, epochs=None, batch_size=None, recipe="sgd", learning_rate=None,
           label_smoothing=None, ema=None, tta=None, precision="auto", mixup=0.0, cutmix=0.0, seed=0, out=None, resume=False,
-          early_stopping=None, tensorboard=False, strategy=None, class_weights=False, data_options=None,
-          input_shape=None, num_classes=None, weights=None, fine_tune_epochs=0, unfreeze=None, callbacks=(),
-          verbose="auto", **overrides):
+          early_stopping=None, tensorboard=False, strategy=None, distribution=None, class_weights=False,
+          data_options=None, input_shape=None, num_classes=None, weights=None, fine_tune_epochs=0, unfreeze=None,
+          callbacks=(), verbose="auto", **overrides):
     """Train `model` (a registered name or a `keras.Model`) on `data` and write a run folder.
 
     Args:
@@ -81,6 +81,7 @@ def train(model, data="digits", *, epochs=None, batch_size=None, recipe="sgd", l
         early_stopping: patience in epochs on the monitored metric, or None.
         tensorboard: also write TensorBoard logs to `out/logs`.
         strategy: None, or "mirrored" for data-parallel training over all local GPUs (or CPU devices).
+        distribution: data-parallel over processes, JAX backend (`keras_cnn.training.distributed`; True, a config).
         class_weights: weight classes inversely to their frequency (imbalanced folders).
         data_options: keyword arguments for `load_data` (val_fraction, image_size, data_dir, ...).
         input_shape: the model's input shape (by default the data's, resized up if the model needs more).
@@ -100,22 +101,26 @@ def train(model, data="digits", *, epochs=None, batch_size=None, recipe="sgd", l
     call = types.SimpleNamespace(**locals())  # the arguments, which every step reads
     vars(call).update(recipes.defaults(recipe, epochs=epochs, batch_size=batch_size,
                                        label_smoothing=label_smoothing, tta=tta, ema=ema))
+    processes = distributed.join(call)  # None on one process; else the processes, joined through JAX's runtime
     data, policy = _prepare(call)
+    run, best, seconds = _train(call, processes, data, policy)
+    if not distributed.is_chief(processes):
+        return runs.Run(call.out)  # process 0 evaluates, writes the run folder and has the metrics
+    return _finish(call, run, data, best, train_seconds=seconds)
+
+
+def _train(call, processes, data, policy):
+    """Build, compile, open the run folder and fit (under the processes' keras.distribution): run, best, seconds."""
     started = time.perf_counter()
-    with _distribution(strategy).scope():
-        model = _build_model(call, data, policy)
-        batches = _batches(call, model, data)
-        _compile(call, model, batches)
-    run = _open_run(call, model, data, policy)
-    best = _fit(call, run, model, data, batches)
-    return _finish(call, run, data, best, train_seconds=time.perf_counter() - started)
-
-
-class _Batches(NamedTuple):
-    train: object  # tf.data.Dataset of shuffled (augmented, mixed) training batches
-    val: object  # the validation batches, or None when the data has no validation split
-    steps: int  # training batches per epoch
-    total: int  # training batches of phase 1 (fractional epochs end the last one early)
+    with distributed.scope(processes):  # keras.distribution's DataParallel over every process's devices
+        with _distribution(call.strategy).scope():
+            model = _build_model(call, data, policy)
+            batches = distributed.shard(processes, call, training_batches.batches(call, model, data), data)
+            _compile(call, model, batches)
+        run = distributed.open_run(processes, call, functools.partial(_open_run, call, model, data, policy))
+        best = _fit(call, run, model, data, batches)
+        distributed.check_weights(processes, model)
+    return run, best, time.perf_counter() - started
 
 
 def _prepare(call):
@@ -160,15 +165,6 @@ def _build_model(call, data, policy):
     return model
 
 
-def _batches(call, model, data):
-    image_shape = tuple(model.input_shape[1:])
-    train_set = _training_batches(data, call.batch_size, image_shape, call.seed, call.mixup, call.cutmix, model)
-    val_set = (_labels_for(model, data.pipeline("val", batch_size=call.batch_size, image_shape=image_shape))
-               if data.sizes["val"] else None)
-    steps = math.ceil(data.sizes["train"] / call.batch_size)
-    return _Batches(train_set, val_set, steps, math.ceil(call.epochs * steps))
-
-
 def _compile(call, model, batches):
     # Keras's multi-step loop fails on a distributed iterator ("You must feed a value for placeholder
     # tensor", keras-team/keras#19246), so a strategy runs one step per call.
@@ -191,7 +187,8 @@ def _open_run(call, model, data, policy):
     run.config = {
         "model": name, "data": data.spec or data.name, "data_options": {**(call.data_options or {}), "seed": call.seed},
         "input_shape": image_shape, "num_classes": num_classes, "class_names": data.class_names,
-        "precision": policy, "arguments": io.jsonable(arguments, other=repr), "versions": _versions(),
+        "precision": policy, "backend": backends.current(), "arguments": io.jsonable(arguments, other=repr),
+        "versions": _versions(),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
     }
     if "fine_tune" in previous:  # the run had reached phase 2
@@ -200,7 +197,7 @@ def _open_run(call, model, data, policy):
                              f"Received: fine_tune_epochs={call.fine_tune_epochs!r}")
         run.config["fine_tune"] = previous["fine_tune"]
     run.write_config()
-    run.write_labels(data.class_names)
+    run.write_data_files(data)
     return run
 
 
@@ -402,31 +399,6 @@ def _distribution(strategy):
     return tf.distribute.MirroredStrategy([device.name for device in devices])
 
 
-def _labels_for(model, dataset):
-    """One sigmoid unit trains on P(class 1): keep the second one-hot column."""
-    if model.output_shape[-1] == 1:
-        return dataset.map(lambda x, y: (x, y[:, 1:]))
-    return dataset
-
-
-def _training_batches(data, batch_size, image_shape, seed, mixup, cutmix, model):
-    """Shuffled training batches, with MixUp or CutMix applied to (images, one-hot labels) batches."""
-    import keras
-    import tensorflow as tf
-
-    dataset = data.pipeline("train", batch_size=batch_size, image_shape=image_shape, training=True, seed=seed)
-    if mixup or cutmix:
-        layer = keras.layers.MixUp(alpha=mixup, seed=seed) if mixup else keras.layers.CutMix(factor=cutmix,
-                                                                                             seed=seed)
-
-        def mix(images, labels):
-            mixed = layer({"images": images, "labels": labels})
-            return mixed["images"], mixed["labels"]
-
-        dataset = dataset.map(mix, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    return _labels_for(model, dataset)
-
-
 def _check_resume(run, name, data, image_shape, num_classes):
     """Resuming with another model or data would mix two runs: refuse it. Returns the previous config ({})."""
     previous = run.config
@@ -436,6 +408,12 @@ def _check_resume(run, name, data, image_shape, num_classes):
         if previous and previous.get(key) != value:
             raise ValueError(f"cannot resume {run.path} with a different {key}: it was trained with "
                              f"{previous.get(key)!r}. Received: {key}={value!r}")
+    # The weights move between backends, but an interrupted run's optimizer state, random-number state and
+    # measured precision do not, so a run resumes on the backend it started on.
+    backend, started_on = backends.current()["backend"], previous.get("backend", {}).get("backend", "tensorflow")
+    if previous and backend != started_on:
+        raise ValueError(f"cannot resume {run.path} on {backend}: it was trained on {started_on}; resume it with "
+                         f"--backend {started_on} (its model.keras loads on any backend). Received: backend={backend!r}")
     return previous
 
 
@@ -446,5 +424,6 @@ def _versions():
 
     import keras_cnn
 
+    backend = backends.current()
     return {"keras_cnn": keras_cnn.__version__, "keras": keras.__version__, "tensorflow": tf.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+            backend["backend"]: backend["version"], "numpy": np.__version__, "python": platform.python_version()}
