@@ -9,9 +9,8 @@ import importlib.util
 import os
 import sys
 
-BACKENDS = ("tensorflow", "jax", "torch")
+BACKENDS = ("tensorflow", "jax", "torch")  # each runs on the package of its name
 DEFAULT = "tensorflow"
-MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}  # backend -> the package it runs on
 
 
 def requested():
@@ -32,9 +31,9 @@ def select(backend):
             raise ValueError(f"Keras already runs on {keras.backend.backend()} in this process: set "
                              f"KERAS_BACKEND={backend} before importing keras. Received: backend={backend!r}")
         return backend
-    if importlib.util.find_spec(MODULES[backend]) is None:
+    if importlib.util.find_spec(backend) is None:
         extra = "" if backend == "torch" else f' (pip install -e ".[{backend}]")'
-        raise ValueError(f"the {backend} backend needs the {MODULES[backend]} package, which is not "
+        raise ValueError(f"the {backend} backend needs the {backend} package, which is not "
                          f"installed{extra}. Received: backend={backend!r}")
     os.environ["KERAS_BACKEND"] = backend
     return backend
@@ -45,4 +44,4 @@ def current():
     import keras
 
     backend = keras.backend.backend()
-    return {"backend": backend, "version": importlib.import_module(MODULES[backend]).__version__}
+    return {"backend": backend, "version": importlib.import_module(backend).__version__}
