@@ -156,7 +156,7 @@ def parser():
     s.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'res*' (default: all)")
     output = s.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print full model information as JSON")
-    output.add_argument("--markdown", action="store_true", help="print the model table for the README")
+    output.add_argument("--markdown", action="store_true", help="print the model table of docs/models.md")
     s.add_argument("--pretrained", action="store_true", help="only the models with trained weights, as the zoo's "
                    "results table: data set, accuracy, size, int8 latency, training time (use them as MODEL:DATASET, "
                    "e.g. `keras-cnn predict airbench:cifar10 photo.jpg`)")

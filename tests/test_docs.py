@@ -1,4 +1,4 @@
-"""The README's generated parts stay in sync, its links and the docs' lead somewhere, and the examples run."""
+"""The generated parts of the docs stay in sync, its links and the docs' lead somewhere, and the examples run."""
 import pathlib
 import re
 import subprocess
@@ -11,9 +11,9 @@ from keras_cnn.models import registry
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_readme_model_table_is_the_generated_one():
-    readme = (ROOT / "README.md").read_text()
-    table = re.search(r"<!-- models:start -->\n(.*?)\n<!-- models:end -->", readme, re.S).group(1)
+def test_the_models_page_table_is_the_generated_one():
+    page = (ROOT / "docs" / "models.md").read_text()
+    table = re.search(r"<!-- models:start -->\n(.*?)\n<!-- models:end -->", page, re.S).group(1)
     assert table == registry.markdown_table(), "regenerate with `keras-cnn list --markdown`"
 
 
