@@ -20,6 +20,7 @@ trained with fused kernels on a CPU). `--recipe airbench_muon` adds airbench94_m
 the frozen stem (`stem_offset`) and a bias-free head (`head_bias`) with a unit-std kernel (`head_init`).
 """
 from keras_cnn.models import options
+from keras_cnn.models.family import Family
 from keras_cnn.models.registry import Spec, register_model
 from keras_cnn.models.shapes import Op
 
@@ -59,7 +60,7 @@ DEFAULTS = {
 @register_model
 def airbench():
     """airbench-style fast CIFAR net: 2x2 stem (24), stages of two convs 64/256/256, pool before BN, GAP."""
-    return Spec(family=__name__, defaults=dict(DEFAULTS))
+    return Spec(family=FAMILY, defaults=dict(DEFAULTS))
 
 
 def resolve(config, *, explicit, name):
@@ -131,3 +132,6 @@ def initialize_from_data(model, config, data):
 
     images, _ = data.arrays("train", image_shape=tuple(model.input_shape[1:]), limit=WHITENING_IMAGES)
     model.get_layer("stem_conv").set_weights(list(whitening_filters(images / 255.0)))
+
+
+FAMILY = Family("fast", OPTIONS, resolve, spatial_ops, build, initialize_from_data=initialize_from_data)

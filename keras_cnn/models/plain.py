@@ -7,6 +7,7 @@ commute (ReLU and max pooling), the activation is placed after the pool:
 the same function, computed on a quarter of the elements.
 """
 from keras_cnn.models import options
+from keras_cnn.models.family import Family
 from keras_cnn.models.registry import Spec, register_model
 from keras_cnn.models.shapes import Op
 
@@ -40,7 +41,7 @@ DEFAULTS = {
 
 
 def plain(**defaults):
-    return Spec(family=__name__, defaults={**DEFAULTS, **defaults})
+    return Spec(family=FAMILY, defaults={**DEFAULTS, **defaults})
 
 
 @register_model
@@ -132,3 +133,6 @@ def build(config, *, name, **top):
             x = blocks.activation(config["activation"], f"stage{i}_act")(x)
     outputs = blocks.head(x, config, **top)
     return keras.Model(inputs, outputs, name=name)
+
+
+FAMILY = Family("plain", OPTIONS, resolve, spatial_ops, build)

@@ -1,18 +1,20 @@
 """The model registry: names -> builders, in the style of timm (pure Python at import).
 
-A registered model is a function returning a `Spec`: its family (a module under
-`keras_cnn.models` with `OPTIONS`, `resolve(config, explicit, name)`, `spatial_ops`
-and `build`) and a
-dict of defaults. `build(name, **overrides)` validates the overrides against the
-family's options, merges them over the defaults, checks the feature-map
-arithmetic and only then imports Keras and builds the network.
+A registered model is a function returning a `Spec`: its family (a `family.Family`, declared by a
+module under `keras_cnn.models`) and a dict of defaults. `build(name, **overrides)` validates the
+overrides against the family's options, merges them over the defaults, checks the feature-map
+arithmetic and only then imports Keras and builds the network, which carries what it was built
+from as `model.zoo_config` (a `family.ModelConfig`).
 """
+import dataclasses
 import difflib
 import fnmatch
 import importlib
+from types import MappingProxyType
 from typing import Callable, NamedTuple
 
 from keras_cnn.models import checkpoints, options, shapes
+from keras_cnn.models.family import Family, ModelConfig
 
 _MODELS = {}
 _CATALOGUE_LOADED = False
@@ -20,7 +22,7 @@ _CATALOGUE = ("keras_cnn.models.plain", "keras_cnn.models.resnet", "keras_cnn.mo
 
 
 class Spec(NamedTuple):
-    family: str  # module path of the family, e.g. "keras_cnn.models.plain"
+    family: Family
     defaults: dict
 
 
@@ -69,11 +71,11 @@ def _entry(name):
 
 
 def _family(name):
-    return importlib.import_module(_entry(name).make_spec().family)
+    return _entry(name).make_spec().family
 
 
 def family_of(name):
-    """The family module of registered model `name`, or None for a name the registry does not know."""
+    """The `Family` of registered model `name`, or None for a name the registry does not know."""
     _load_catalogue()
     return _family(name) if name in _MODELS else None
 
@@ -81,7 +83,7 @@ def family_of(name):
 def valid_options(name):
     """The overrides model `name` accepts, with their validators."""
     defaults = _entry(name).make_spec().defaults
-    checks = {**options.COMMON, **_family(name).OPTIONS}
+    checks = {**options.COMMON, **_family(name).options}
     return {key: check for key, check in checks.items() if key in defaults}
 
 
@@ -109,7 +111,7 @@ def model_info(name, **overrides):
     return {
         "name": name,
         "summary": _entry(name).summary,
-        "family": _family(name).__name__.rsplit(".", 1)[-1],
+        "family": _family(name).name,
         "input_shape": config["input_shape"],
         "smallest_input": (side, side),
         "options": sorted(valid_options(name)),
@@ -148,17 +150,22 @@ def build(name, *, input_shape=None, num_classes=None, weights=None, classifier_
             problems.
         weights: None (random), the name of a data set the zoo ships weights for (`model_info(name)["weights"]`,
             e.g. "cifar10"), the path of a `.weights.h5` file saved from the same architecture, an https:// URL
-            (`#sha256=HEX` checks it) or "hf://org/name" (its model.weights.h5). Families with
-            `CONSUMES_WEIGHTS`, the transfer models, load them themselves: backbone weights, "imagenet".
+            (`#sha256=HEX` checks it) or "hf://org/name" (its model.weights.h5). Families that consume
+            weights, the transfer models, load them themselves: backbone weights, "imagenet".
         classifier_activation: "softmax" (default), "sigmoid", or None for logits.
         include_top: False for a feature extractor without the classification head (as keras.applications):
             the model ends at its last feature map, or at its global pooling with `pooling`.
         pooling: with include_top=False, None (the 4D feature map), "avg" or "max" (global pooling, 2D output).
         **overrides: variant options (`batchnorm`, `dropout`, `head`, ... see `model_info`); with trained
             weights only those that keep the weights' shapes.
+
+    Returns:
+        The model, with `model.zoo_config` (a `ModelConfig`): the name, family, resolved configuration and
+        `weights` it was built from.
     """
     top = {"classifier_activation": classifier_activation, "include_top": include_top, "pooling": pooling}
-    if checkpoints.is_dataset_name(weights) and not getattr(_family(name), "CONSUMES_WEIGHTS", False):
+    family = _family(name)
+    if checkpoints.is_dataset_name(weights) and not family.consumes_weights:
         return build_from_checkpoint(name, checkpoints.find(name, weights), input_shape=input_shape,
                                      num_classes=num_classes, **top, **overrides)
     config = resolve(name, overrides)
@@ -169,8 +176,7 @@ def build(name, *, input_shape=None, num_classes=None, weights=None, classifier_
     options.top(include_top, pooling)
     if num_classes == 1 and classifier_activation == "softmax":
         classifier_activation = "sigmoid"  # softmax over one unit is constant 1
-    family = _family(name)
-    consumes = getattr(family, "CONSUMES_WEIGHTS", False)  # e.g. transfer models: `weights` are the backbone's
+    consumes = family.consumes_weights  # e.g. transfer models: `weights` are the backbone's
     path = checkpoints.local_file(weights) if weights is not None and not consumes else None
     shapes.check(name, family.spatial_ops(config), config["input_shape"])
     model = family.build(config, name=name, num_classes=num_classes, classifier_activation=classifier_activation,
@@ -179,6 +185,7 @@ def build(name, *, input_shape=None, num_classes=None, weights=None, classifier_
         from keras_cnn.utils.io import load_weights
 
         load_weights(model, path)
+    model.zoo_config = ModelConfig(name, family, MappingProxyType(config), None if weights is None else str(weights))
     return model
 
 
@@ -200,10 +207,13 @@ def build_from_checkpoint(name, checkpoint, *, input_shape=None, num_classes=Non
         changed["input_shape"] = tuple(input_shape)
     path = checkpoints.verified_path(checkpoint)
     if not changed and include_top and num_classes in (None, classes):  # the checkpoint's own architecture
-        return build(name, input_shape=checkpoint.input_shape, num_classes=classes, weights=path,
-                     **{**checkpoint.options, **kwargs})
-    trained = build(name, input_shape=checkpoint.input_shape, num_classes=classes, weights=path, **checkpoint.options)
-    model = build(name, input_shape=input_shape or checkpoint.input_shape, num_classes=num_classes or classes,
-                  **{**checkpoint.options, **kwargs})
-    checkpoints.copy_weights(trained, model, checkpoint, changed, new_head=new_head)
+        model = build(name, input_shape=checkpoint.input_shape, num_classes=classes, weights=path,
+                      **{**checkpoint.options, **kwargs})
+    else:
+        trained = build(name, input_shape=checkpoint.input_shape, num_classes=classes, weights=path,
+                        **checkpoint.options)
+        model = build(name, input_shape=input_shape or checkpoint.input_shape, num_classes=num_classes or classes,
+                      **{**checkpoint.options, **kwargs})
+        checkpoints.copy_weights(trained, model, checkpoint, changed, new_head=new_head)
+    model.zoo_config = dataclasses.replace(model.zoo_config, weights=checkpoint.dataset)
     return model

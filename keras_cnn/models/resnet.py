@@ -5,6 +5,7 @@ channels with strides 1/2/2/2, global average pooling. A basic block is
 conv-BN-act-conv-BN plus a shortcut (1x1 conv + BN when the shape changes), then act.
 """
 from keras_cnn.models import options
+from keras_cnn.models.family import Family
 from keras_cnn.models.registry import Spec, register_model
 from keras_cnn.models.shapes import Op
 
@@ -30,7 +31,7 @@ DEFAULTS = {
 
 
 def resnet(**defaults):
-    return Spec(family=__name__, defaults={**DEFAULTS, **defaults})
+    return Spec(family=FAMILY, defaults={**DEFAULTS, **defaults})
 
 
 @register_model
@@ -111,3 +112,6 @@ def build(config, *, name, **top):
             x = _basic_block(x, filters, stride if j == 1 else 1, f"stage{i}_block{j}", config)
     outputs = blocks.head(x, config, **top)
     return keras.Model(inputs, outputs, name=name)
+
+
+FAMILY = Family("resnet", OPTIONS, resolve, spatial_ops, build)

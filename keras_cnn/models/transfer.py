@@ -41,13 +41,12 @@ import os
 import re
 
 from keras_cnn.models import options, pretrained
+from keras_cnn.models.family import Family
 from keras_cnn.models.backbones import BACKBONE_LAYER, BACKBONES, backbone_key, build_backbone, preprocess_layer
 from keras_cnn.models.registry import Spec, register_model
 from keras_cnn.models.shapes import Op
 
 logger = logging.getLogger("keras_cnn")
-
-CONSUMES_WEIGHTS = True  # registry.build passes `weights` here instead of loading them into the whole model
 
 OPTIONS = {
     "dense": lambda name, value: options.int_tuple(name, value, allow_empty=True),
@@ -61,7 +60,7 @@ def transfer(backbone, **defaults):
     spec = BACKBONES[backbone]
     side = 32 if spec.constructor.startswith("zoo:") else 224
     width = {"width": 1.0} if spec.widths or spec.constructor.startswith("zoo:") else {}
-    return Spec(family=__name__, defaults={"input_shape": (side, side, 3), "backbone": backbone, **width,
+    return Spec(family=FAMILY, defaults={"input_shape": (side, side, 3), "backbone": backbone, **width,
                                            **HEAD_DEFAULTS, **defaults})
 
 
@@ -306,3 +305,7 @@ def fine_tune(model, *, blocks=None, learning_rate):
     logger.info("%s: fine-tuning %d backbone block(s) (%s ... %s) at learning rate %g", model.name, len(names),
                 names[0], names[-1], rate)
     return {"learning_rate": rate, "blocks": names}
+
+
+FAMILY = Family("transfer", OPTIONS, resolve, spatial_ops, build, consumes_weights=True,
+                preferred_input=preferred_input, fine_tune=fine_tune)
