@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import types
 
 import pytest
 
@@ -23,6 +22,7 @@ import keras_cnn
 from keras_cnn import cli
 from keras_cnn.artifacts import runs
 from keras_cnn.training import distributed, supervision
+from keras_cnn.training.config import TrainConfig
 from keras_cnn.training.distributed import DistributedConfig
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
@@ -128,13 +128,14 @@ def test_the_processes_compare_every_training_argument_but_their_own():
     def call(**changes):
         values = {"model": "small", "data": "digits", "epochs": 3, "batch_size": 64, "seed": 0, "out": "run",
                   "verbose": "auto", "distribution": DistributedConfig(process_id=0), "callbacks": ()}
-        return types.SimpleNamespace(**{**values, **changes})
+        return TrainConfig(**{**values, **changes})
 
     same = distributed.fingerprint(call())
     other_process = call(out="/mnt/run", verbose=0, distribution=DistributedConfig(process_id=1))
     assert same == distributed.fingerprint(other_process)
     assert same != distributed.fingerprint(call(batch_size=32))
     assert same != distributed.fingerprint(call(resume=True))
+    assert same != distributed.fingerprint(call(model="lenet"))
 
 
 def test_a_rerun_of_a_distributed_run_runs_in_one_process(tmp_path):

@@ -57,7 +57,7 @@ def test_spatial_plan_matches_the_built_layers(name):
     height = model.input_shape[1]
     from keras_cnn.models.shapes import output_size
 
-    for op in registry._family(name).spatial_ops(config):
+    for op in registry.family_of(name).spatial_ops(config):
         height = output_size(height, op)
         assert model.get_layer(op.name).output.shape[1] == height, op.name
 

@@ -246,15 +246,18 @@ def test_options_without_effect_are_refused():
 def test_airbench_recipe_brings_its_network_options_unless_given(tmp_path):
     """`train airbench --recipe airbench`: GELU, the whitening stem, Dirac convs, scale-free BN with momentum 0.6, the
     1/9 max-pool head and airbench's augmentation, with 9.9 epochs, batch 1024 and flip+translate TTA as defaults."""
-    from keras_cnn.training import trainer as training
+    from keras_cnn.training.config import TrainConfig
 
-    options = training._recipe_model_options("airbench", "airbench", {"bn_momentum": 0.5})
+    def overrides(model, **given):
+        return TrainConfig(model, recipe="airbench", overrides=given).overrides
+
+    options = overrides("airbench", bn_momentum=0.5)
     assert options["bn_momentum"] == 0.5
     assert {key: options[key] for key in ("activation", "stem_init", "kernel_initializer", "head", "augment")} == {
         "activation": "gelu", "stem_init": "whitening", "kernel_initializer": "dirac", "head": "gmp",
         "augment": "flip_translate"}
-    assert training._recipe_model_options("small", "airbench", {}).get("stem_init") is None  # small has none
-    assert "bn_momentum" not in training._recipe_model_options("airbench", "airbench", {"batchnorm": False})
+    assert overrides("small").get("stem_init") is None  # small has none
+    assert "bn_momentum" not in overrides("airbench", batchnorm=False)
 
 
 def test_cli_short_command_takes_the_recipe_defaults():

@@ -101,10 +101,10 @@ def test_unknown_role_is_one_line():
 def test_recipe_network_roles_and_head():
     """`--recipe airbench_muon` on airbench: the six stage convs go to Muon, the bias-free unit-std head, the stem
     offset and the batch-norm offsets to SGD; the frozen whitening stem to neither."""
-    from keras_cnn.training import trainer as training
+    from keras_cnn.training.config import TrainConfig
     from keras_cnn.training.optimizers import Muon
 
-    config = training._recipe_model_options("airbench", "airbench_muon", {})
+    config = TrainConfig("airbench", recipe="airbench_muon").overrides
     assert {key: config[key] for key in ("head_bias", "head_init", "stem_offset")} == {
         "head_bias": False, "head_init": "unit_uniform", "stem_offset": True}
     assert config["head_scale"] == pytest.approx(1 / 256)

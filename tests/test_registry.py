@@ -1,4 +1,5 @@
 """The registry's pure-Python side: names, wildcards, validation and shape arithmetic."""
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ import pytest
 
 import keras_cnn
 from keras_cnn.models import registry, shapes
+from keras_cnn.models.family import Family
 from keras_cnn.models.shapes import Op
 
 SEED_MODELS = {"lenet", "mnist_cnn", "simple", "small", "deeper", "compact", "resnet18", "resnet34"}
@@ -108,7 +110,7 @@ def test_collapsing_feature_map_names_layer_numbers_and_smallest_input():
 def test_smallest_input_is_exact(name):
     info = keras_cnn.model_info(name)
     side = info["smallest_input"][0]
-    ops = registry._family(name).spatial_ops(info["config"])
+    ops = registry.family_of(name).spatial_ops(info["config"])
     assert shapes.collapses(side, ops) is None
     if side > 1:
         assert shapes.collapses(side - 1, ops) is not None
@@ -139,3 +141,35 @@ def test_import_registers_the_keras_objects_and_the_command_line_stays_light():
     imported = {line.rsplit("|", 1)[-1].strip() for line in listed.stderr.splitlines() if "|" in line}
     assert "keras_cnn.cli" in imported and "small" in listed.stdout
     assert "tensorflow" not in imported and "keras" not in imported
+
+
+def test_every_model_declares_a_frozen_family_with_the_required_parts():
+    families = {registry.family_of(name) for name in keras_cnn.list_models()}
+    assert {family.name for family in families} == {"plain", "resnet", "fast", "transfer"}
+    for family in families:
+        assert isinstance(family, Family) and all(map(callable, (family.resolve, family.spatial_ops, family.build)))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            family.build = None
+    hooks = {family.name: {hook for hook in ("preferred_input", "initialize_from_data", "fine_tune")
+                           if getattr(family, hook) is not None} for family in families}
+    assert hooks == {"plain": set(), "resnet": set(), "fast": {"initialize_from_data"},
+                     "transfer": {"preferred_input", "fine_tune"}}
+    assert registry.family_of("no_such_model") is None
+
+
+def test_a_built_model_carries_what_it_was_built_from(tmp_path):
+    model = keras_cnn.build("small", input_shape=(20, 20, 1), width=0.5)
+    zoo = model.zoo_config
+    assert (zoo.name, zoo.family.name, zoo.weights) == ("small", "plain", None)
+    assert zoo.config["stage_filters"] == (16, 32) and zoo.config["input_shape"] == (20, 20, 1)
+    with pytest.raises(TypeError):
+        zoo.config["width"] = 1.0  # read-only, like the dataclass around it
+    keras_cnn.build("small", input_shape=(20, 20, 1), width=0.5).save_weights(tmp_path / "small.weights.h5")
+    from_file = keras_cnn.build("small", input_shape=(20, 20, 1), width=0.5, weights=tmp_path / "small.weights.h5")
+    assert from_file.zoo_config.weights == str(tmp_path / "small.weights.h5")
+
+
+def test_a_model_built_with_shipped_weights_names_its_data_set():
+    assert keras_cnn.build("small", weights="digits").zoo_config.weights == "digits"
+    head = keras_cnn.build("small", weights="digits", include_top=False, pooling="avg")  # built, then copied
+    assert (head.zoo_config.weights, head.zoo_config.config["stage_filters"]) == ("digits", (32, 64))

@@ -1,4 +1,5 @@
 """Training: the recipes' maths, the run folder, resuming, repeatability and the model contract in training."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from keras_cnn.evaluation import evaluate as evaluation
 from keras_cnn.training import batches as training_batches
 from keras_cnn.training import optimizers, precision, recipes
 from keras_cnn.training import trainer as training
+from keras_cnn.training.config import TrainConfig
 from keras_cnn.utils import io
 
 FAST = dict(epochs=2, batch_size=64, precision="float32", verbose=0, width=0.25)
@@ -198,6 +200,25 @@ def test_invalid_training_arguments(digits):
                              ({"mixup": 0.2, "cutmix": 0.5}, "not both")]:
         with pytest.raises(ValueError, match=fragment):
             keras_cnn.train("small", digits, verbose=0, **kwargs)
+
+
+def test_the_train_config_is_checked_once_frozen_and_is_what_config_json_records(finished_run, digits):
+    config = TrainConfig("airbench", "digits", recipe="airbench", batch_size=64)
+    assert (config.epochs, config.batch_size, config.tta) == (9.9, 64, "flip+translate")  # the recipe's, but given
+    assert config.overrides["stem_init"] == "whitening"  # the recipe's network options the model has
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 1
+    for bad in ({"mixup": 1.5}, {"strategy": "tpu"}, {"unfreeze": 2}):
+        with pytest.raises(ValueError) as from_config:
+            TrainConfig("small", **bad)
+        with pytest.raises(ValueError) as from_train:
+            keras_cnn.train("small", "digits", verbose=0, **bad)
+        assert str(from_config.value) == str(from_train.value) and "\n" not in str(from_train.value)
+    recorded = json.load(open(os.path.join(finished_run.path, "config.json")))["arguments"]
+    settings = {key: value for key, value in FAST.items() if key != "width"}
+    expected = TrainConfig("small", digits, out=finished_run.path, overrides={"width": 0.25}, **settings).settings()
+    assert recorded == json.loads(json.dumps(io.jsonable(expected, other=repr)))
+    assert set(recorded) == {field.name for field in dataclasses.fields(TrainConfig)} - {"model", "data", "callbacks"}
 
 
 def test_inference_is_deterministic_with_augmentation(finished_run):

@@ -108,7 +108,7 @@ def test_spatial_op_gives_the_real_output_size_on_multiples_of_the_stride():
     from keras_cnn.models.shapes import output_size
 
     for name, stride in (("resnet50_transfer", 32), ("resnet18_transfer", 8)):
-        (op,) = registry._family(name).spatial_ops(registry.resolve(name))
+        (op,) = registry.family_of(name).spatial_ops(registry.resolve(name))
         for side in (32, 64, 96, 224):
             assert output_size(side, op) == side // stride
 

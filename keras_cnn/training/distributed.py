@@ -139,14 +139,16 @@ def is_chief(processes):
 
 
 def join(call):
-    """None for an ordinary run; else join the other processes (once per process) and return `Processes`.
+    """(None, `call`) for an ordinary run; else join the other processes (once per process) and return
+    (`Processes`, `call` as this process trains it).
 
-    `call.distribution` is True (from the environment), a `DistributedConfig` (or its fields), or a
-    `keras.distribution` set up by the caller. Processes other than 0 train quietly (`call.verbose` 0).
+    `call` is the run's `TrainConfig`; its `distribution` is True (from the environment), a `DistributedConfig`
+    (or its fields), or a `keras.distribution` set up by the caller. Processes other than 0 train quietly
+    (`verbose` 0), and "auto" precision becomes process 0's choice.
     """
     spec = call.distribution
     if spec is None or spec is False:
-        return None
+        return None, call
     import keras
 
     check_backend(keras.backend.backend(), call.strategy)
@@ -165,10 +167,8 @@ def join(call):
         devices = keras.distribution.list_devices()
         processes = Processes(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False), index, count)
     _check_run(call, processes)
-    if not processes.is_chief:
-        call.verbose = 0
-    _agree_on_precision(call, processes)
-    return processes
+    quiet = {} if processes.is_chief else {"verbose": 0}
+    return processes, dataclasses.replace(call, precision=_agreed_precision(call, processes), **quiet)
 
 
 def _check_run(call, processes):
@@ -247,17 +247,17 @@ def _wait_for_coordinator(config):
         time.sleep(0.5)
 
 
-def _agree_on_precision(call, processes):
+def _agreed_precision(call, processes):
     """"auto" precision measured in every process could differ; every process takes process 0's choice."""
     if processes.count == 1 or call.precision != "auto" or not isinstance(call.model, str):
-        return
+        return call.precision
     import numpy as np
     from jax.experimental import multihost_utils
 
     from keras_cnn.training.precision import PRECISIONS, resolve_precision
 
     chosen = multihost_utils.broadcast_one_to_all(np.int32(PRECISIONS.index(resolve_precision("auto"))))
-    call.precision = PRECISIONS[int(chosen)]
+    return PRECISIONS[int(chosen)]
 
 
 @contextlib.contextmanager
@@ -339,14 +339,14 @@ def validation_batch(images, devices, largest):
 
 
 def open_run(processes, call, opener):
-    """The run folder, opened by `opener()` (the trainer's: new, or the interrupted run with --resume) in process
-    0; the other processes open a private copy (`_private_run`). Then every process checks that all opened
+    """The run folder, opened by `opener(call)` (the trainer's: new, or the interrupted run with --resume) in
+    process 0; the other processes open a private copy (`_private_run`). Then every process checks that all opened
     theirs and were given the same training arguments, and all stop with one line if not."""
     if processes is None:
-        return opener()
+        return opener(call)
     run, failure = None, None
     try:
-        run = opener() if processes.is_chief else _private_run(processes, call, opener)
+        run = opener(call) if processes.is_chief else _private_run(processes, call, opener)
     except Exception as error:  # noqa: BLE001 (re-raised once the others know)
         failure = error
     statuses = _gathered([int(failure is not None), fingerprint(call)], processes)
@@ -380,11 +380,7 @@ def _private_run(processes, call, opener):
     if call.resume:
         shutil.copytree(out, processes.scratch, dirs_exist_ok=True,
                         ignore=lambda folder, names: [name for name in names if io.is_temporary(name)])
-    call.out = processes.scratch
-    try:
-        return opener()
-    finally:
-        call.out = out
+    return opener(dataclasses.replace(call, out=processes.scratch))
 
 
 SCRATCH = "keras-cnn-process"  # the private folders' names: SCRATCH<index>-<pid>-<random>, in the temporary folder
@@ -412,7 +408,7 @@ def _alive(pid):
 def fingerprint(call):
     """A checksum of the training arguments that must be equal in every process."""
     skip = ("distribution", "verbose", "callbacks", "out")
-    values = {key: value for key, value in vars(call).items() if key not in skip}
+    values = {field.name: getattr(call, field.name) for field in dataclasses.fields(call) if field.name not in skip}
     text = json.dumps(io.jsonable(values, other=lambda value: getattr(value, "name", type(value).__name__)),
                       sort_keys=True)
     return zlib.crc32(text.encode()) & 0x7FFFFFFF

@@ -26,12 +26,11 @@ import os
 import platform
 import sys
 import time
-import types
 
 from keras_cnn.artifacts import card, runs
-from keras_cnn.models import options
 from keras_cnn.training import batches as training_batches
 from keras_cnn.training import distributed, recipes
+from keras_cnn.training.config import TrainConfig
 from keras_cnn.training.precision import cpu_model, model_precision, resolve_precision
 from keras_cnn.utils import backends, io
 
@@ -98,10 +97,14 @@ def train(model, data="digits", *, epochs=None, batch_size=None, recipe="sgd", l
         verbose: Keras's fit verbosity; "auto" is a progress bar on a terminal, one line per epoch otherwise.
         **overrides: variant options for a model built by name (`augment="basic"`, `dropout=0.3`, ...).
     """
-    call = types.SimpleNamespace(**locals())  # the arguments, which every step reads
-    vars(call).update(recipes.defaults(recipe, epochs=epochs, batch_size=batch_size,
-                                       label_smoothing=label_smoothing, tta=tta, ema=ema))
-    processes = distributed.join(call)  # None on one process; else the processes, joined through JAX's runtime
+    call = TrainConfig(model, data, epochs=epochs, batch_size=batch_size, recipe=recipe, learning_rate=learning_rate,
+                       label_smoothing=label_smoothing, ema=ema, tta=tta, precision=precision, mixup=mixup,
+                       cutmix=cutmix, seed=seed, out=out, resume=resume, early_stopping=early_stopping,
+                       tensorboard=tensorboard, strategy=strategy, distribution=distribution,
+                       class_weights=class_weights, data_options=data_options, input_shape=input_shape,
+                       num_classes=num_classes, weights=weights, fine_tune_epochs=fine_tune_epochs,
+                       unfreeze=unfreeze, callbacks=callbacks, verbose=verbose, overrides=overrides)
+    processes, call = distributed.join(call)  # processes: None on one process, else joined through JAX's runtime
     data, policy = _prepare(call)
     run, best, seconds = _train(call, processes, data, policy)
     if not distributed.is_chief(processes):
@@ -117,32 +120,23 @@ def _train(call, processes, data, policy):
             model = _build_model(call, data, policy)
             batches = distributed.shard(processes, call, training_batches.batches(call, model, data), data)
             _compile(call, model, batches)
-        run = distributed.open_run(processes, call, functools.partial(_open_run, call, model, data, policy))
+        run = distributed.open_run(processes, call, lambda config: _open_run(config, model, data, policy))
         best = _fit(call, run, model, data, batches)
         distributed.check_weights(processes, model)
     return run, best, time.perf_counter() - started
 
 
 def _prepare(call):
-    """Check the arguments, seed everything, load the data; (data, the dtype policy to build under)."""
-    from keras_cnn.data.loading import ImageData, load_data
-
-    _check_arguments(call.epochs, call.batch_size, call.mixup, call.cutmix, call.strategy, call.early_stopping,
-                     call.fine_tune_epochs, call.unfreeze, call.num_classes)
-    by_name = isinstance(call.model, str)
-    if by_name:
-        call.overrides = _recipe_model_options(call.model, call.recipe, call.overrides)
-    if not by_name and (call.overrides or call.input_shape is not None or call.strategy or call.weights is not None):
-        raise ValueError("overrides, input_shape, weights and strategy apply to models built by name; build the "
-                         f"model with them instead. Received: model=<keras.Model {call.model.name}>")
+    """Seed everything, load the data; (data, the dtype policy to build under)."""
     import keras
+
+    from keras_cnn.data.loading import ImageData, load_data
 
     keras.utils.set_random_seed(call.seed)
     data = call.data
     if not isinstance(data, ImageData):
-        call.data_options = {**recipes.DATA_OPTIONS.get(call.recipe, {}), **(call.data_options or {})}
         data = load_data(data, seed=call.seed, **call.data_options)
-    policy = resolve_precision(call.precision) if by_name else model_precision(call.model)
+    policy = resolve_precision(call.precision) if call.by_name else model_precision(call.model)
     return data, policy
 
 
@@ -158,7 +152,7 @@ def _build_model(call, data, policy):
         model = _build(model, policy, input_shape=shape, num_classes=call.num_classes or data.num_classes,
                        weights=call.weights, **call.overrides)
         if call.weights is None:  # trained weights are not initialised again
-            _initialize_from_data(model, call.model, call.overrides, data)
+            _initialize_from_data(model, data)
     evaluation.check_compatible(model, data)
     if call.fine_tune_epochs:
         _fine_tuning(model)
@@ -179,15 +173,14 @@ def _compile(call, model, batches):
 
 def _open_run(call, model, data, policy):
     """The run folder with config.json and labels.txt written: new, or the interrupted run being resumed."""
-    arguments = {key: value for key, value in vars(call).items() if key not in ("model", "data", "callbacks")}
-    name = call.model if isinstance(call.model, str) else call.model.name
+    name = call.model_name
     image_shape, num_classes = list(model.input_shape[1:]), model.output_shape[-1]
     run = runs.create(call.out, name, data.name, call.resume)
     previous = _check_resume(run, name, data, image_shape, num_classes)
     run.config = {
         "model": name, "data": data.spec or data.name, "data_options": {**(call.data_options or {}), "seed": call.seed},
         "input_shape": image_shape, "num_classes": num_classes, "class_names": data.class_names,
-        "precision": policy, "backend": backends.current(), "arguments": io.jsonable(arguments, other=repr),
+        "precision": policy, "backend": backends.current(), "arguments": io.jsonable(call.settings(), other=repr),
         "versions": _versions(),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
     }
@@ -253,10 +246,9 @@ def _fit_epochs(call, run, model, data, batches, best, first_epoch, last_epoch, 
 
 
 def _fine_tuning(model):
-    """The fine-tuning phase of `model`'s family (`fine_tune(model, unfreeze=, learning_rate=)`), or ValueError."""
-    from keras_cnn.models import registry
-
-    hook = getattr(registry.family_of(model.name), "fine_tune", None)
+    """The fine-tuning phase of the family `model` was built from (`Family.fine_tune`), or ValueError."""
+    zoo = getattr(model, "zoo_config", None)  # None for a keras.Model that keras_cnn.build did not make
+    hook = zoo.family.fine_tune if zoo else None
     if hook is None:
         raise ValueError(f"{model.name} is not a transfer model: only a family with a fine-tuning phase (see "
                          f"keras_cnn.list_models('*_transfer')) trains one. Received: model={model.name!r}")
@@ -305,48 +297,12 @@ def _finish(call, run, data, best, *, train_seconds):
     return run
 
 
-def _check_arguments(epochs, batch_size, mixup, cutmix, strategy, early_stopping, fine_tune_epochs=0, unfreeze=None,
-                     num_classes=None):
-    options.positive_float("epochs", epochs)
-    options.positive_int("batch_size", batch_size)
-    options.fraction("mixup", mixup)
-    options.fraction("cutmix", cutmix)
-    if mixup and cutmix:
-        raise ValueError(f"use MixUp or CutMix, not both. Received: mixup={mixup}, cutmix={cutmix}")
-    if strategy not in options.STRATEGIES:
-        raise ValueError(f"`strategy` must be None or 'mirrored'. Received: strategy={strategy!r}")
-    if early_stopping is not None:
-        options.positive_int("early_stopping", early_stopping)
-    options.positive_int("fine_tune_epochs", fine_tune_epochs, minimum=0)
-    if num_classes is not None:
-        options.num_classes(num_classes)
-    if unfreeze is not None:
-        if not fine_tune_epochs:
-            raise ValueError(f"`unfreeze` has no effect without fine-tuning epochs (`fine_tune_epochs`). "
-                             f"Received: unfreeze={unfreeze!r}")
-        options.positive_int("unfreeze", unfreeze)
-
-
-def _recipe_model_options(name, recipe, overrides):
-    """`overrides` over the network options that go with `recipe` (`recipes.MODEL_OPTIONS`) that model `name`
-    has; the caller's win."""
-    from keras_cnn.models.registry import valid_options
-
-    valid = valid_options(name)
-    if (overrides or {}).get("batchnorm") is False:  # the recipe's batch-norm options would then be refused
-        valid = {key: check for key, check in valid.items() if not key.startswith("bn_")}
-    return {**{key: value for key, value in recipes.MODEL_OPTIONS.get(recipe, {}).items() if key in valid},
-            **(overrides or {})}
-
-
-def _initialize_from_data(model, name, overrides, data):
-    """A family's data-dependent initialisation (`initialize_from_data(model, config, data)`; airbench's
-    whitening stem), from this run's own training images; resumed runs then restore their saved weights."""
-    from keras_cnn.models.registry import family_of, resolve
-
-    hook = getattr(family_of(name), "initialize_from_data", None)
-    if hook is not None:
-        hook(model, resolve(name, overrides), data)
+def _initialize_from_data(model, data):
+    """The family's data-dependent initialisation (`Family.initialize_from_data`; airbench's whitening stem) of
+    a model built by name, from this run's own training images; resumed runs then restore their saved weights."""
+    family, config = model.zoo_config.family, dict(model.zoo_config.config)
+    if family.initialize_from_data is not None:
+        family.initialize_from_data(model, config, data)
 
 
 def _build(name, policy, *, weights, **kwargs):
@@ -371,10 +327,10 @@ def fit_input_shape(name, data, overrides):
     A family with a `preferred_input(config, data_shape)` hook chooses itself (transfer models: the
     backbone's channels and a per-backbone size for small images).
     """
-    from keras_cnn.models.registry import _family, model_info, resolve
+    from keras_cnn.models.registry import family_of, model_info, resolve
 
-    family = _family(name)
-    if hasattr(family, "preferred_input"):
+    family = family_of(name)
+    if family.preferred_input is not None:
         shape = tuple(family.preferred_input(resolve(name, overrides), tuple(data.image_shape)))
         if shape != tuple(data.image_shape):
             logger.info("%s takes %s images: adapting %s from %s", name, "x".join(map(str, shape)), data.name,
