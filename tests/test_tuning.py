@@ -1,8 +1,10 @@
 """Hyperparameter search (tuning/): zoo models from spaces, rejected configurations, budgets, resume,
 results and the retrained model; memory over many trials, Hyperband and distributed mode are slow."""
+import dataclasses
 import gc
 import glob
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -19,6 +21,7 @@ from tensorflow.python.framework.func_graph import FuncGraph
 
 import keras_cnn
 from keras_cnn.tuning import budgets, results, search, spaces
+from keras_cnn.tuning.config import SearchConfig
 from keras_cnn.tuning.hypermodel import ZooHyperModel
 from keras_cnn.tuning.tuners import HyperbandOracle, HyperbandTuner, ZooTuner, make_tuner
 from keras_cnn.utils.compat import custom_gradients_released
@@ -263,6 +266,59 @@ def test_search_arguments_are_checked_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="Received: max_tflite_kb=-1"):
         search("digits", max_tflite_kb=-1, out=str(tmp_path / "a"))
     assert not (tmp_path / "a").exists()
+
+
+def test_search_config_takes_searchs_arguments_with_its_defaults():
+    config_defaults = {field.name: field.default if field.default_factory is dataclasses.MISSING
+                       else field.default_factory() for field in dataclasses.fields(SearchConfig) if field.init}
+    assert config_defaults == {name: parameter.default for name, parameter in
+                               inspect.signature(search).parameters.items()}
+
+
+def test_search_config_is_frozen_and_normalised_once():
+    config = SearchConfig(space=tiny, tuner="hyperband", max_trials=0, max_epochs=np.int64(4), objective="val_loss",
+                          max_params=20_000, distributed=1)
+    assert (config.space, config.space_function) == ("test_tuning:tiny", tiny)
+    assert (config.max_trials, config.epochs, config.max_epochs, config.factor) == (None, None, 4, 3)  # hyperband's
+    assert type(config.max_epochs) is int and config.distributed is True and config.data_options == {}
+    assert (config.objective.name, config.objective.direction) == ("val_loss", "min")
+    assert config.budgets == {"max_params": 20_000}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
+    several = SearchConfig(objectives="accuracy, kb", max_epochs=0)
+    assert several.objectives == ("accuracy", "kb") and several.objective.name == "ship_accuracy"
+    assert (several.max_trials, several.epochs, several.max_epochs, several.factor) == (10, 5, None, None)
+
+
+@pytest.mark.parametrize("arguments, received", [
+    (dict(tuner="grid"), "tuner='grid'"),
+    (dict(tuner="hyperband", factor=1), "factor=1"),
+    (dict(data=(None, None), distributed=True), "data=<tuple>"),
+    (dict(max_tflite_kb=-1), "max_tflite_kb=-1"),
+    (dict(export_front=True, objectives="kb"), "objectives='kb'"),
+    (dict(ship="int4"), "ship='int4'"),
+    (dict(latency_runs=0, max_latency_ms=5), "latency_runs=0"),
+    (dict(executions_per_trial=0), "executions_per_trial=0"),
+])
+def test_search_config_refuses_a_bad_value_with_searchs_one_line(arguments, received, tmp_path):
+    with pytest.raises(ValueError) as refused_by_config:
+        SearchConfig(**arguments)
+    with pytest.raises(ValueError) as refused_by_search:
+        search(**arguments, out=str(tmp_path / "a"))
+    message = str(refused_by_config.value)
+    assert message == str(refused_by_search.value) and "\n" not in message and message.endswith(f"Received: {received}")
+
+
+def test_search_config_settings_are_the_keys_search_json_has_always_had():
+    images = (np.zeros((4, 8, 8, 1), np.uint8), np.zeros(4, np.int64))
+    config = SearchConfig(images, space=tiny, objectives="accuracy,kb", max_params=20_000, out="elsewhere")
+    assert config.data is images  # held as given, never copied
+    assert json.loads(json.dumps(config.settings())) == {
+        "data": None, "data_options": {}, "space": "test_tuning:tiny", "tuner": "random",
+        "objective": {"name": "ship_accuracy", "direction": "max"}, "max_trials": 10, "epochs": 5,
+        "max_epochs": None, "factor": None, "seed": 0, "batch_size": 128, "budgets": {"max_params": 20_000},
+        "distributed": False, "objectives": ["accuracy", "kb"], "ship": "int8", "latency_runs": 50,
+        "executions_per_trial": 1}
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 A search folder holds everything a search needs to be continued, compared and used:
 
-    search.json                 the settings, and the fingerprint of the space and data that `resume` checks
+    search.json                 the settings (`tuning.config.SearchConfig.settings`), and the fingerprint of
+                                the space and data that `resume` checks
     trials/trial_NN/            keras-tuner's trial.json and checkpoint, and keras_cnn_trial.json: the trial's
                                 parameters, MACs, its shipped TFLite file's accuracy, size and latency, time
                                 and outcome (and each execution's numbers, with executions_per_trial > 1)
@@ -43,9 +44,8 @@ import keras
 import keras_tuner
 
 import keras_cnn
-from keras_cnn.models.options import positive_int
-from keras_cnn.tuning import budgets as budget_checks
-from keras_cnn.tuning import pareto, results, shipping, spaces
+from keras_cnn.tuning import results, shipping, spaces
+from keras_cnn.tuning.config import DEFAULT_OBJECTIVE, SearchConfig
 from keras_cnn.tuning.hypermodel import ZooHyperModel
 from keras_cnn.tuning.tuners import make_tuner
 from keras_cnn.utils import io
@@ -53,10 +53,10 @@ from keras_cnn.utils import io
 SETTINGS_FILE = "search.json"
 TENSORBOARD_DIR = "tensorboard"
 LOGS_DIR = "logs"
-TUNERS = ("random", "bayesian", "hyperband")
-DEFAULT_OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")
 _CHIEF_EXIT_SECONDS = 60  # after its last worker, keras-tuner's chief notices within 20 s that it is done
 _STOP_SECONDS = 10
+_FINGERPRINTED = ("tuner", "objective", "epochs", "max_epochs", "factor", "seed", "batch_size", "budgets",
+                  "objectives", "ship", "executions_per_trial")  # the settings `resume` refuses to change
 
 
 def search(data="digits", *, space="cnn", tuner="random", max_trials=10, epochs=5, max_epochs=9, factor=3,
@@ -97,54 +97,25 @@ def search(data="digits", *, space="cnn", tuner="random", max_trials=10, epochs=
     Returns:
         A `SearchResult`; its `table()` lists every trial.
     """
-    if "KERASTUNER_TUNER_ID" in os.environ:
-        raise ValueError("KERASTUNER_TUNER_ID is set, which would make this process one tuner of a distributed "
-                         "search; start the search with distributed=True (--distributed) and extra workers with "
-                         "`python -m keras_cnn.tuning FOLDER`. "
-                         f"Received: KERASTUNER_TUNER_ID={os.environ['KERASTUNER_TUNER_ID']}")
-    space_name, space_function = spaces.resolve(space)
-    budgets = budget_checks.check(dict(max_params=max_params, max_macs=max_macs, max_tflite_kb=max_tflite_kb,
-                                       max_latency_ms=max_latency_ms))
-    _check_arguments(tuner, max_trials, epochs, max_epochs, factor, batch_size, distributed, workers, data,
-                     space_name)
-    objectives = _check_objectives(objectives, export_front, tuner, latency_runs, max_latency_ms)
-    _check_shipping(ship, latency_runs, executions_per_trial)
-    if objectives:
-        objective = keras_tuner.Objective(*pareto.METRICS[objectives[0]])
-    elif isinstance(objective, str):
-        objective = keras_tuner.Objective(objective, "min" if objective.endswith("loss") else "max")
-    data_options = dict(data_options or {})
-    image_data = keras_cnn.load_data(data, seed=seed, **data_options)
-    if not image_data.sizes["val"]:
-        raise ValueError(f"a search needs a validation split to score trials on; {image_data.name} has none. "
-                         f"Received: data_options={data_options}")
-    shipping.check(ship, latency_runs, image_data)
-    if retrain and not image_data.sizes["test"]:
-        raise ValueError(f"the retrained model is evaluated on a test split; {image_data.name} has none: keep a "
-                         f"test_fraction or pass retrain=False. Received: data_options={data_options}")
-    hyperband = tuner == "hyperband"
-    settings = {
-        "data": data if isinstance(data, str) else None, "data_options": data_options, "space": space_name,
-        "tuner": tuner, "objective": {"name": objective.name, "direction": objective.direction},
-        "max_trials": None if hyperband else max_trials, "epochs": None if hyperband else epochs,
-        "max_epochs": max_epochs if hyperband else None, "factor": factor if hyperband else None,
-        "seed": seed, "batch_size": batch_size, "budgets": budgets, "distributed": bool(distributed),
-        "objectives": list(objectives) if objectives else None, "ship": ship, "latency_runs": latency_runs,
-        "executions_per_trial": executions_per_trial,
-    }
-    fingerprint = {"space": _space_fingerprint(space_name, space_function), "data": _data_fingerprint(image_data),
-                   **{key: settings[key] for key in ("tuner", "objective", "epochs", "max_epochs", "factor",
-                                                     "seed", "batch_size", "budgets", "objectives", "ship",
-                                                     "executions_per_trial")}}
-    folder = _open_folder(out, image_data.name, resume, settings, fingerprint)
+    _refuse_inside_a_distributed_search()
+    config = SearchConfig(data, space=space, tuner=tuner, max_trials=max_trials, epochs=epochs, max_epochs=max_epochs,
+                          factor=factor, objective=objective, seed=seed, out=out, resume=resume, batch_size=batch_size,
+                          data_options=data_options, max_params=max_params, max_macs=max_macs,
+                          max_tflite_kb=max_tflite_kb, max_latency_ms=max_latency_ms, objectives=objectives, ship=ship,
+                          latency_runs=latency_runs, executions_per_trial=executions_per_trial,
+                          export_front=export_front, distributed=distributed, workers=workers, retrain=retrain,
+                          verbose=verbose)
+    image_data = _load_data(config)
+    settings = config.settings()
+    folder = _open_folder(config, image_data.name, settings, _fingerprint(settings, config.space_function, image_data))
     image_data.report_skipped(folder)
-    if distributed:
-        _launch(folder, workers)
+    if config.distributed:
+        _launch(folder, config.workers)
     else:
-        _run_tuner(folder, settings, image_data, space_function, verbose)
-    hypermodel = _hypermodel(settings, image_data, space_function, measure=False)
-    return results.finish(folder, settings, hypermodel, data, image_data, retrain=retrain,
-                          export_front=export_front, verbose=verbose)
+        _run_tuner(folder, settings, image_data, config.space_function, config.verbose)
+    hypermodel = _hypermodel(settings, image_data, config.space_function, measure=False)
+    return results.finish(folder, settings, hypermodel, config.data, image_data, retrain=config.retrain,
+                          export_front=config.export_front, verbose=config.verbose)
 
 
 def join(folder):
@@ -161,42 +132,32 @@ def join(folder):
     _run_tuner(folder, settings, image_data, spaces.resolve(settings["space"])[1], verbose=1)
 
 
-def _check_arguments(tuner, max_trials, epochs, max_epochs, factor, batch_size, distributed, workers, data,
-                     space_name):
-    if tuner not in TUNERS:
-        raise ValueError(f"`tuner` must be one of {', '.join(TUNERS)}. Received: tuner={tuner!r}")
-    numbers = (("epochs", epochs, 1), ("max_trials", max_trials, 1)) if tuner != "hyperband" else \
-        (("max_epochs", max_epochs, 1), ("factor", factor, 2))
-    for name, value, minimum in (*numbers, ("batch_size", batch_size, 1)):
-        positive_int(name, value, minimum)
-    if distributed:
-        positive_int("workers", workers, minimum=0)
-        if not isinstance(data, str):
-            raise ValueError("a distributed search loads the data in every process: pass a data spec "
-                             f"('digits', 'folder:PATH', ...). Received: data=<{type(data).__name__}>")
-        if "<" in space_name:  # a lambda or a function defined inside another one
-            raise ValueError("a distributed search imports the space in every process: pass a name or a "
-                             f"module-level function. Received: space={space_name!r}")
+def _refuse_inside_a_distributed_search():
+    if "KERASTUNER_TUNER_ID" in os.environ:
+        raise ValueError("KERASTUNER_TUNER_ID is set, which would make this process one tuner of a distributed "
+                         "search; start the search with distributed=True (--distributed) and extra workers with "
+                         "`python -m keras_cnn.tuning FOLDER`. "
+                         f"Received: KERASTUNER_TUNER_ID={os.environ['KERASTUNER_TUNER_ID']}")
 
 
-def _check_objectives(objectives, export_front, tuner, latency_runs, max_latency_ms):
-    """The objectives as a tuple (None for a single-objective search), after the checks that need no data."""
-    objectives = pareto.parse(objectives) if objectives is not None else None
-    if export_front and len(objectives or ()) < 2:
-        raise ValueError("export_front exports the Pareto front of two or more objectives; name them in "
-                         f"objectives. Received: objectives={','.join(objectives) if objectives else None!r}")
-    if objectives and tuner == "hyperband":
-        raise ValueError("hyperband promotes trials by one score; search objectives with the random or bayesian "
-                         "tuner. Received: tuner='hyperband'")
-    if latency_runs == 0 and ("latency" in (objectives or ()) or max_latency_ms is not None):
-        raise ValueError("a latency objective or budget needs timed runs of the shipped file. "
-                         "Received: latency_runs=0")
-    return objectives
+def _load_data(config):
+    """The search's data, after the checks that need it: a val split to score trials on, training images for
+    int8's calibration, and a test split to evaluate the retrained model on."""
+    image_data = keras_cnn.load_data(config.data, seed=config.seed, **config.data_options)
+    if not image_data.sizes["val"]:
+        raise ValueError(f"a search needs a validation split to score trials on; {image_data.name} has none. "
+                         f"Received: data_options={config.data_options}")
+    shipping.check(config.ship, config.latency_runs, image_data)
+    if config.retrain and not image_data.sizes["test"]:
+        raise ValueError(f"the retrained model is evaluated on a test split; {image_data.name} has none: keep a "
+                         f"test_fraction or pass retrain=False. Received: data_options={config.data_options}")
+    return image_data
 
 
-def _check_shipping(ship, latency_runs, executions_per_trial):
-    shipping.check(ship, latency_runs)
-    positive_int("executions_per_trial", executions_per_trial)
+def _fingerprint(settings, space_function, image_data):
+    """What `resume` compares: the space's hyperparameters, the data, and the settings that change the trials."""
+    return {"space": _space_fingerprint(settings["space"], space_function), "data": _data_fingerprint(image_data),
+            **{key: settings[key] for key in _FINGERPRINTED}}
 
 
 def _space_fingerprint(name, function):
@@ -214,9 +175,10 @@ def _data_fingerprint(data):
                       "val_sample_sha256": hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()})
 
 
-def _open_folder(out, data_name, resume, settings, fingerprint):
+def _open_folder(config, data_name, settings, fingerprint):
     """Create the search folder, or reopen it to resume after checking it searched the same space and data."""
-    if resume:
+    out = config.out
+    if config.resume:
         if out is None or not os.path.isfile(os.path.join(out, SETTINGS_FILE)):
             raise ValueError(f"resume needs the folder of an earlier search (with {SETTINGS_FILE}). "
                              f"Received: out={out!r}")
@@ -226,9 +188,9 @@ def _open_folder(out, data_name, resume, settings, fingerprint):
                 raise ValueError(f"cannot resume {out} with a different {key}: it searched "
                                  f"{_describe(key, previous['fingerprint'].get(key))}. Received: "
                                  f"{key}={_describe(key, value)}")
-        if previous["settings"]["distributed"] != settings["distributed"]:
+        if previous["settings"]["distributed"] != config.distributed:
             raise ValueError(f"resume {out} the way it was started (keras-tuner keeps a distributed search's state "
-                             f"under its chief). Received: distributed={settings['distributed']}")
+                             f"under its chief). Received: distributed={config.distributed}")
     elif out is None:
         from keras_cnn.artifacts import runs
 
