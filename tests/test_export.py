@@ -7,6 +7,7 @@ paths each export their own small model. The artifacts are checked here with the
 """
 import dataclasses
 import importlib
+import inspect
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import pytest
 import keras_cnn
 from keras_cnn import export, predict  # the package's functions, resolved before the modules below
 from keras_cnn.artifacts import runs
-from keras_cnn.exporting.pipeline import ExportError, flex_ops, inference_model
+from keras_cnn.exporting.pipeline import ExportConfig, ExportError, flex_ops, inference_model
 from keras_cnn.exporting.verification import flag
 from keras_cnn.utils.io import load_model
 
@@ -365,11 +366,35 @@ def test_onnx_without_its_extra_names_the_install_command(tmp_path, monkeypatch)
     (dict(test_samples=5000), "Received: test_samples=5000"),
     (dict(converter="onnx"), "Received: converter='onnx'"),
     (dict(calibration_samples=20), "Received: calibration_samples=20"),
+    (dict(latency_runs=0), "Received: latency_runs=0"),
+    (dict(max_accuracy_drop="1"), "Received: max_accuracy_drop='1'"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, arguments, fragment):
     with pytest.raises(ValueError) as error:
         export(tiny_model(), tmp_path, **arguments)
     assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_settings_are_a_frozen_config_with_formats_and_quantize_as_tuples():
+    config = ExportConfig(formats="saved_model,tflite", quantize=["int8", "float32", "int8"])
+    assert config.formats == ("saved_model", "tflite") and config.quantize == ("int8", "float32")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.io = "int8"
+
+
+def test_the_config_has_export_s_arguments_and_defaults():
+    arguments = list(inspect.signature(export).parameters.values())[1:]  # all but the source
+    assert {field.name: field.default for field in dataclasses.fields(ExportConfig)} == \
+        {argument.name: argument.default for argument in arguments}
+
+
+@pytest.mark.parametrize("arguments", [dict(formats="pdf"), dict(test_samples=0), dict(latency_runs=1.5)])
+def test_a_bad_setting_fails_the_config_as_it_fails_export(tmp_path, arguments):
+    with pytest.raises(ValueError) as from_config:
+        ExportConfig(out_dir=str(tmp_path), **arguments)
+    with pytest.raises(ValueError) as from_export:
+        export(tiny_model(), tmp_path, **arguments)
+    assert str(from_config.value) == str(from_export.value) and "\n" not in str(from_config.value)
 
 
 def test_a_model_object_needs_out_dir():

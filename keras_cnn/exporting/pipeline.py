@@ -14,7 +14,8 @@
 and next to them `labels.txt`, one JSON sidecar per artifact (input shape and dtype, value range,
 quantization scale and zero-point, class names, source run) and `export_report.json`.
 
-`export` is a pipeline whose steps it calls one after the other, each once: resolve the source (`_resolve`: the
+`export` checks its settings once, into an `ExportConfig` (`keras_cnn.exporting.config`) that the steps read, and
+is a pipeline whose steps it calls one after the other, each once: resolve the source (`_resolve`: the
 model, its data and class names) and prepare what every artifact is made of (`_prepare`), stage the SavedModels
 (`_stage`), convert the TFLite and ONNX files (`_convert`), load every artifact once through
 `keras_cnn.artifacts.artifact`, the loader `predict` uses (`_load`), verify each (`_verify`, through
@@ -38,7 +39,6 @@ sidecars, labels.txt and the report written next to them, are the files renamed 
 or interrupted export leaves the previous files untouched.
 """
 import dataclasses
-import importlib.util
 import os
 import shutil
 import sys
@@ -50,15 +50,13 @@ from keras_cnn.artifacts import metadata as tflite_metadata
 from keras_cnn.artifacts.artifact import SIGNATURE, keras_artifact, load_artifact, sidecar_path
 from keras_cnn.exporting import tflite as tflite_export
 from keras_cnn.exporting import verification
+from keras_cnn.exporting.config import MAX_TEST_IMAGES, ExportConfig
 from keras_cnn.exporting.report import ExportReport, sidecar
 from keras_cnn.exporting.tflite import ExportError, flex_ops  # noqa: F401  part of this module's interface
 from keras_cnn.exporting.verification import flag, measure, verify
-from keras_cnn.models import options
 from keras_cnn.utils.files import LABELS_FILE, MODEL_FILE, labels_text
 from keras_cnn.utils.io import make_folder, write_json, write_text
 
-FORMATS = ("saved_model", "tflite", "onnx")
-MAX_TEST_IMAGES = 2000
 AUGMENT_LAYER = "augment"
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
 REPORT_FILE = "export_report.json"
@@ -92,21 +90,24 @@ def export(source, out_dir=None, formats=("saved_model", "tflite"), quantize=("f
         verbose: print the table (flagged rows in red on a terminal).
     """
     _check_backend(source)
-    formats, quantize = _check_arguments(formats, quantize, io, calibration_samples, test_samples, converter)
-    job = _resolve(source, data, class_names, out_dir, formats, quantize)
-    _prepare(job, test_samples, calibration_samples, author, license)
+    config = ExportConfig(out_dir=out_dir, formats=formats, quantize=quantize, data=data, io=io,
+                          max_accuracy_drop=max_accuracy_drop, rescue=rescue, calibration_samples=calibration_samples,
+                          test_samples=test_samples, latency_runs=latency_runs, class_names=class_names,
+                          author=author, license=license, converter=converter, verbose=verbose)
+    job = _resolve(source, config)
+    _prepare(job)
     staging = tempfile.mkdtemp(prefix=".export-", dir=make_folder(job.out_dir, "out_dir"))
     try:
         staged, mobile = _stage(job, staging)
-        staged += _convert(job, mobile, staging, io, converter)
+        staged += _convert(job, mobile, staging)
         keras_models, files = _load(job, staged)
-        report, test = _verify(job, keras_models, files, latency_runs, max_accuracy_drop)
+        report, test = _verify(job, keras_models, files)
         if "int8" in job.tflite:
-            _int8_errors_and_rescue(report, job, mobile, staging, test, rescue)
+            _int8_errors_and_rescue(report, job, mobile, staging, test)
         _install(files, staging, report, job.class_names)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if verbose:
+    if config.verbose:
         print(report.table(color=sys.stdout.isatty()))
     return report
 
@@ -130,16 +131,16 @@ def inference_model(model):
 
 @dataclasses.dataclass
 class _Job:
-    """One export as its steps share it: the source `_resolve` finds, then what `_prepare` makes of it."""
+    """One export as its steps share it: its settings, the source `_resolve` finds, what `_prepare` makes of it."""
 
+    config: ExportConfig
     model: object  # the source keras.Model
     name: str
     class_names: list
-    run: object  # its `Run`, or None for a model object
+    run_dir: str  # the run folder, or None for a model object
     precision: str  # the dtype policy the source was trained under
     image_data: object  # calibration and test data (an ImageData), or None
-    out_dir: str
-    formats: tuple
+    out_dir: str  # `config.out_dir`, else the run's export folder
     tflite: tuple  # the TFLite variants to write
     rebuild: object = None  # `inference_model(model)`: what the artifacts are made of and measured against
     phone: object = None  # the rebuild as the .tflite files take it (`tflite_export.mobile_model`)
@@ -147,32 +148,30 @@ class _Job:
     calibration: object = None  # int8's calibration images, or None
     card: dict = None  # what the TFLite metadata says about the model (`tflite_export.card`)
 
-    @property
-    def run_dir(self):
-        return self.run.path if self.run else None
 
-
-def _resolve(source, data, class_names, out_dir, formats, quantize):
+def _resolve(source, config):
     """The `_Job` of a run (folder) or model: what it is, its data and class names, where the artifacts go."""
-    model, name, class_names, run, precision, image_data = _source(source, data, class_names)
-    if out_dir is None and run is None:
+    model, name, class_names, run, precision, image_data = _source(source, config.data, config.class_names)
+    if config.out_dir is None and run is None:
         raise ValueError("out_dir is required when exporting a model object. Received: out_dir=None")
-    tflite = tuple(q for q in quantize if "tflite" in formats)
+    tflite = tuple(q for q in config.quantize if "tflite" in config.formats)
     if "int8" in tflite and image_data is None:
         raise ExportError("int8 quantization needs calibration images from the training data, and none are "
                           "available: pass data= (an ImageData, a load_data spec or (x, y); --data SPEC on the "
                           "command line, e.g. --data folder:/path/to/cifar10). Received: data=None")
     if tflite:
         tflite_metadata.check_class_names(class_names)
-    return _Job(model, name, list(class_names or map(str, range(max(model.output_shape[-1], 2)))), run, precision,
-                image_data, os.path.abspath(out_dir or os.path.join(run.out_folder, "export")), formats, tflite)
+    class_names = list(class_names or map(str, range(max(model.output_shape[-1], 2))))
+    out_dir = os.path.abspath(config.out_dir or os.path.join(run.out_folder, "export"))
+    return _Job(config, model, name, class_names, run.path if run else None, precision, image_data, out_dir, tflite)
 
 
 def _source(source, data, class_names):
     """(model, name, class names, `Run` or None, precision, ImageData or None) of a run (folder) or model.
 
     Class names come from `class_names`, else the run, else the data; a bare model gets numbers only for
-    formats that do not carry labels (TFLite metadata packs them: `tflite_metadata.check_class_names`)."""
+    formats that do not carry labels (TFLite metadata packs them: `tflite_metadata.check_class_names`). The
+    precision is the one a run's config.json recorded it trained under, else read off the model's layers."""
     import keras
 
     from keras_cnn.artifacts import runs
@@ -180,12 +179,12 @@ def _source(source, data, class_names):
     from keras_cnn.training.precision import model_precision
 
     if isinstance(source, keras.Model):
-        model, name, run = source, source.name, None
+        model, name, run, precision = source, source.name, None, None
         image_data = _image_data(data)
     elif runs.is_run(source):
         run = runs.as_run(source)
         model, class_names = run.model, class_names or run.class_names
-        name = run.config.get("model", model.name)
+        name, precision = run.config.get("model", model.name), run.config.get("precision")
         image_data = _image_data(data) if data is not None else _run_data(run)
     else:
         raise ValueError(f"export takes a run (folder) or a keras.Model. Received: source={type(source).__name__}")
@@ -193,7 +192,7 @@ def _source(source, data, class_names):
         check_compatible(model, image_data)
         image_data.report_skipped()
     class_names = class_names or (image_data.class_names if image_data else None)
-    return model, name, class_names, run, model_precision(model), image_data
+    return model, name, class_names, run, precision or model_precision(model), image_data
 
 
 def _image_data(data):
@@ -213,13 +212,15 @@ def _run_data(run):
                          f"to use other data. {error}") from error
 
 
-def _prepare(job, test_samples, calibration_samples, author, license):
+def _prepare(job):
     """Into `job`: the float32 rebuild and its mobile version, the test and calibration images, the metadata card."""
+    config = job.config
     job.rebuild = inference_model(job.model)
     shape = tuple(job.rebuild.input_shape[1:])
-    job.test_images = _test_set(job.image_data, shape, test_samples)
-    job.calibration = calibration_images(job.image_data, shape, calibration_samples) if "int8" in job.tflite else None
-    job.card = tflite_export.card(job.name, job.class_names, shape, job.run_dir, author, license)
+    job.test_images = _test_set(job.image_data, shape, config.test_samples)
+    job.calibration = (calibration_images(job.image_data, shape, config.calibration_samples)
+                       if "int8" in job.tflite else None)
+    job.card = tflite_export.card(job.name, job.class_names, shape, job.run_dir, config.author, config.license)
     job.phone = tflite_export.mobile_model(job.rebuild) if job.tflite else job.rebuild
 
 
@@ -263,7 +264,7 @@ def _stage(job, staging):
     one when the mobile model is the rebuild). Returns ([(format, quantization, path)], that one or None)."""
     saved_model = os.path.join(staging, "saved_model")
     staged = []
-    if "saved_model" in job.formats:
+    if "saved_model" in job.config.formats:
         _write_saved_model(job.rebuild, saved_model)
         staged.append(("saved_model", "float32", saved_model))
     mobile = saved_model if job.phone is job.rebuild and staged else None  # the same model: reuse it
@@ -273,15 +274,16 @@ def _stage(job, staging):
     return staged, mobile
 
 
-def _convert(job, mobile, staging, io, converter):
+def _convert(job, mobile, staging):
     """The TFLite files (from the SavedModel `mobile`, or by Keras's exporter) and the ONNX file in `staging`:
     [(format, quantization, path)]."""
     staged = []
     for quantization in job.tflite:
-        model_bytes = tflite_export.variant(mobile, job.phone, quantization, io, job.calibration, converter,
-                                            name=job.name, class_names=job.class_names, card=job.card)
+        model_bytes = tflite_export.variant(mobile, job.phone, quantization, job.config.io, job.calibration,
+                                            job.config.converter, name=job.name, class_names=job.class_names,
+                                            card=job.card)
         staged.append(("tflite", quantization, _write_tflite(model_bytes, staging, job.name, quantization)))
-    if "onnx" in job.formats:
+    if "onnx" in job.config.formats:
         staged.append(("onnx", "float32", _write_onnx(job.rebuild, os.path.join(staging, f"{job.name}.onnx"))))
     return staged
 
@@ -295,10 +297,11 @@ def _load(job, staged):
     return keras_models, [(load_artifact(path), fmt, quantization) for fmt, quantization, path in staged]
 
 
-def _verify(job, keras_models, files, latency_runs, max_accuracy_drop):
+def _verify(job, keras_models, files):
     """(`ExportReport`, `TestSet`): the loaded Keras models and files measured and checked on the test images
     (`keras_cnn.exporting.verification`), quantized rows that lose accuracy flagged."""
     (rebuild, source, phone), (x, y, description) = keras_models, job.test_images
+    latency_runs, max_accuracy_drop = job.config.latency_runs, job.config.max_accuracy_drop
     test, source_agreement = verification.test_set(x, y, latency_runs, rebuild, source, job.precision, phone)
     model_file = os.path.join(job.run_dir, MODEL_FILE) if job.run_dir else None
     rows = verification.verify_all(rebuild, files, test, job.class_names, model_file)
@@ -316,13 +319,13 @@ def _write_tflite(model_bytes, staging, name, quantization):
     return path
 
 
-def _int8_errors_and_rescue(report, job, mobile, staging, test, rescue):
-    """Per-layer int8 errors into the report; with `rescue` and a flagged int8 row, the rescued file replaces it.
+def _int8_errors_and_rescue(report, job, mobile, staging, test):
+    """Per-layer int8 errors into the report; with `config.rescue` and a flagged int8 row, the rescued file replaces it.
     `mobile` is the SavedModel the TFLite files were converted from."""
     calibration = job.calibration
     report.int8_layers = tflite_export.layer_errors(mobile, calibration)
     index, row = next((i, row) for i, row in enumerate(report.rows) if row["quantization"] == "int8")
-    if not (rescue and row["flagged"]):
+    if not (job.config.rescue and row["flagged"]):
         return
     path = os.path.join(staging, row["artifact"])
 
@@ -379,13 +382,6 @@ def _write_saved_model(model, path):
     archive.write_out(path, options=tf.saved_model.SaveOptions(experimental_custom_gradients=False), verbose=False)
 
 
-def _require_onnx():
-    missing = [module for module in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(module) is None]
-    if missing:
-        raise ExportError(f"ONNX export needs {', '.join(missing)}, which are not installed: "
-                          f'pip install -e ".[onnx]". Received: formats=onnx')
-
-
 def _write_onnx(model, path):
     import tensorflow as tf
 
@@ -405,14 +401,6 @@ def _move(staged, final, staging):
         os.replace(staged, final)
 
 
-def _choices(name, values, allowed):
-    values = tuple(v.strip() for v in values.split(",")) if isinstance(values, str) else tuple(values)
-    unknown = [v for v in values if v not in allowed]
-    if unknown or not values:
-        raise ValueError(f"{name} must be one or more of {', '.join(allowed)}. Received: {name}={values!r}")
-    return tuple(dict.fromkeys(values))
-
-
 def _check_backend(source):
     """Export converts with TensorFlow's converter, which takes TensorFlow models: refuse other backends in one
     line that says how a run trained on any backend exports."""
@@ -422,21 +410,3 @@ def _check_backend(source):
         where = f"`keras-cnn export {source}`" if isinstance(source, (str, os.PathLike)) else "`keras-cnn export RUN`"
         raise ValueError(f"export runs on the tensorflow backend: save the model and export it from a TensorFlow "
                          f"process ({where} always does). Received: backend={keras.backend.backend()!r}")
-
-
-def _check_arguments(formats, quantize, io, calibration_samples, test_samples, converter):
-    """(formats, quantize) as tuples, after checking every argument that needs no model or data."""
-    formats = _choices("formats", formats, FORMATS)
-    quantize = _choices("quantize", quantize, options.QUANTIZATIONS)
-    if io not in options.INTEGER_IO:
-        raise ValueError(f"io must be one of {options.INTEGER_IO}. Received: io={io!r}")
-    if converter not in options.TFLITE_CONVERTERS:
-        raise ValueError(f"converter must be one of {options.TFLITE_CONVERTERS}. Received: converter={converter!r}")
-    if not 100 <= calibration_samples <= 500:
-        raise ValueError("calibration_samples must be in [100, 500]. "
-                         f"Received: calibration_samples={calibration_samples!r}")
-    if not 1 <= test_samples <= MAX_TEST_IMAGES:
-        raise ValueError(f"test_samples must be in [1, {MAX_TEST_IMAGES}]. Received: test_samples={test_samples!r}")
-    if "onnx" in formats:
-        _require_onnx()
-    return formats, quantize
