@@ -9,17 +9,17 @@ import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("keras_cnn", "keras_cnn.tuning")
-FOLDERS = {"keras_cnn": "keras_cnn", "tuning": "keras_cnn.tuning"}  # the repository's tuning/ installs as keras_cnn.tuning
+FOLDERS = {"keras_cnn": "keras_cnn", "tuning": "keras_cnn.tuning"}  # tuning/ installs as keras_cnn.tuning
 
 
-def module_files():
-    """{module name: file} of every module in the packages (a package is its __init__.py)."""
+def module_files(root=REPO):
+    """{module name: file} of every module in the packages of the checkout `root` (a package is its __init__.py)."""
     modules = {}
     for top, package in FOLDERS.items():
-        for folder, _, files in os.walk(os.path.join(REPO, top)):
+        for folder, _, files in os.walk(os.path.join(root, top)):
             for name in files:
                 if name.endswith(".py"):
-                    parts = os.path.relpath(os.path.join(folder, name), os.path.join(REPO, top))[:-3].split(os.sep)
+                    parts = os.path.relpath(os.path.join(folder, name), os.path.join(root, top))[:-3].split(os.sep)
                     parts = [package] + (parts[:-1] if parts[-1] == "__init__" else parts)
                     modules[".".join(parts)] = os.path.join(folder, name)
     return modules
@@ -69,8 +69,9 @@ def find_cycle(graph):
     return None
 
 
-def import_graph():
-    files = module_files()
+def import_graph(root=REPO):
+    """{module: the package modules it imports} of the checkout `root` (benchmarks/export_trace.py reads older ones)."""
+    files = module_files(root)
     return {module: imported(ast.parse(open(path).read(), path), module, files) for module, path in files.items()}
 
 
