@@ -1,5 +1,6 @@
 """Training: the recipes' maths, the run folder, resuming, repeatability and the model contract in training."""
 import dataclasses
+import inspect
 import json
 import os
 import subprocess
@@ -219,6 +220,16 @@ def test_the_train_config_is_checked_once_frozen_and_is_what_config_json_records
     expected = TrainConfig("small", digits, out=finished_run.path, overrides={"width": 0.25}, **settings).settings()
     assert recorded == json.loads(json.dumps(io.jsonable(expected, other=repr)))
     assert set(recorded) == {field.name for field in dataclasses.fields(TrainConfig)} - {"model", "data", "callbacks"}
+
+
+def test_the_train_config_has_train_s_parameters_and_defaults():
+    parameters = inspect.signature(keras_cnn.train).parameters
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    assert list(parameters) == list(fields)
+    for name, parameter in parameters.items():
+        default = fields[name].default_factory() if name == "overrides" else fields[name].default
+        expected = {} if parameter.kind is parameter.VAR_KEYWORD else parameter.default
+        assert default == expected or (default is dataclasses.MISSING and expected is parameter.empty), name
 
 
 def test_inference_is_deterministic_with_augmentation(finished_run):

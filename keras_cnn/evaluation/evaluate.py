@@ -146,6 +146,16 @@ def report(probabilities, labels, class_names, split="test", tta=None):
                   per_class, matrix, tta, calibration.metrics(probabilities, labels))
 
 
+def _with_tta_and_temperature(result, model, levels, labels):
+    """`result` with the accuracy of every test-time augmentation level predicted, and the temperature of a model
+    calibrated now or before."""
+    if len(levels) > 1:  # levels up to a test-time augmentation
+        result.tta_accuracy = {TTA_LEVELS[TTA.index(level)]: _accuracy(p, labels) for level, p in levels.items()}
+    if "temperature" in [layer.name for layer in model.layers]:
+        result.calibration["temperature"] = model.get_layer("temperature").temperature
+    return result
+
+
 def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None, tta=None, calibrate=False,
              corruptions=None, severities=None, artifact=None, seed=0):
     """Evaluate a model (or a run folder) on a data split; with a run folder, update its metrics.json.
@@ -191,11 +201,7 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
         before = report(probabilities, labels, class_names, split, tta).calibration
         model = _calibrate(run, model, data, batch_size)
         probabilities, labels = predict_probabilities(model, dataset, tta)
-    result = report(probabilities, labels, class_names, split, tta)
-    if tta:
-        result.tta_accuracy = {TTA_LEVELS[TTA.index(level)]: _accuracy(p, labels) for level, p in levels.items()}
-    if "temperature" in [layer.name for layer in model.layers]:  # a model calibrated now or before
-        result.calibration["temperature"] = model.get_layer("temperature").temperature
+    result = _with_tta_and_temperature(report(probabilities, labels, class_names, split, tta), model, levels, labels)
     if calibrate:
         temperature = result.calibration["temperature"]
         result.calibration["before"] = before

@@ -49,8 +49,8 @@ class TrainingDiverged(ValueError):
 
 
 def train(model, data="digits", *, epochs=None, batch_size=None, recipe="sgd", learning_rate=None,
-          label_smoothing=None, ema=None, tta=None, precision="auto", mixup=0.0, cutmix=0.0, seed=0, out=None, resume=False,
-          early_stopping=None, tensorboard=False, strategy=None, distribution=None, class_weights=False,
+          label_smoothing=None, ema=None, tta=None, precision="auto", mixup=0.0, cutmix=0.0, seed=0, out=None,
+          resume=False, early_stopping=None, tensorboard=False, strategy=None, distribution=None, class_weights=False,
           data_options=None, input_shape=None, num_classes=None, weights=None, fine_tune_epochs=0, unfreeze=None,
           callbacks=(), verbose="auto", **overrides):
     """Train `model` (a registered name or a `keras.Model`) on `data` and write a run folder.
@@ -97,13 +97,7 @@ def train(model, data="digits", *, epochs=None, batch_size=None, recipe="sgd", l
         verbose: Keras's fit verbosity; "auto" is a progress bar on a terminal, one line per epoch otherwise.
         **overrides: variant options for a model built by name (`augment="basic"`, `dropout=0.3`, ...).
     """
-    call = TrainConfig(model, data, epochs=epochs, batch_size=batch_size, recipe=recipe, learning_rate=learning_rate,
-                       label_smoothing=label_smoothing, ema=ema, tta=tta, precision=precision, mixup=mixup,
-                       cutmix=cutmix, seed=seed, out=out, resume=resume, early_stopping=early_stopping,
-                       tensorboard=tensorboard, strategy=strategy, distribution=distribution,
-                       class_weights=class_weights, data_options=data_options, input_shape=input_shape,
-                       num_classes=num_classes, weights=weights, fine_tune_epochs=fine_tune_epochs,
-                       unfreeze=unfreeze, callbacks=callbacks, verbose=verbose, overrides=overrides)
+    call = TrainConfig(**locals())  # the arguments, checked: its fields are this signature's (a test compares them)
     processes, call = distributed.join(call)  # processes: None on one process, else joined through JAX's runtime
     data, policy = _prepare(call)
     run, best, seconds = _train(call, processes, data, policy)
@@ -369,7 +363,8 @@ def _check_resume(run, name, data, image_shape, num_classes):
     backend, started_on = backends.current()["backend"], previous.get("backend", {}).get("backend", "tensorflow")
     if previous and backend != started_on:
         raise ValueError(f"cannot resume {run.path} on {backend}: it was trained on {started_on}; resume it with "
-                         f"--backend {started_on} (its model.keras loads on any backend). Received: backend={backend!r}")
+                         f"--backend {started_on} (its model.keras loads on any backend). "
+                         f"Received: backend={backend!r}")
     return previous
 
 
