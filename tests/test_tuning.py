@@ -376,8 +376,10 @@ def test_distributed_chief_and_two_workers_share_the_trials(tmp_path, backend):
                 process.wait()
     assert process.returncode == 0, output.decode()[-3000:]
     rows = results.trial_rows(out)
-    assert len(rows) == 4 and all(row["status"] == "COMPLETED" for row in rows)
-    assert {row["tuner_id"] for row in rows} == {"tuner1", "tuner2"}
+    logs = {name: open(os.path.join(out, "logs", name)).read()[-1500:]
+            for name in os.listdir(os.path.join(out, "logs"))}
+    assert len(rows) == 4 and all(row["status"] == "COMPLETED" for row in rows), (rows, logs)
+    assert {row["tuner_id"] for row in rows} == {"tuner1", "tuner2"}, (rows, logs)  # the logs say why, if not
     assert os.path.isfile(os.path.join(out, "results.txt"))
     assert sorted(os.listdir(os.path.join(out, "logs"))) == ["chief.log", "tuner1.log", "tuner2.log"]
 
