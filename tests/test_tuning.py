@@ -327,9 +327,11 @@ def test_memory_stays_flat_over_many_trials(tmp_path):
                     verbose=0, objectives="accuracy,kb,latency")  # each trial converted to int8 and run in LiteRT
     assert all(row["ship_kb"] > 0 for row in result.trials)
     rss = [row["rss_mb"] for row in result.trials]
-    # Measured from trial 3 to 20: +4 to +14 MB (warm-up, then flat; RSS also swings by up to 7 MB from one
-    # trial to the next). When each trial's training graph stayed in TensorFlow's gradient registry: +44 to +51.
-    assert len(rss) == 20 and rss[19] - rss[2] < 20, rss
+    # From trial 3 to 20, by the line fitted through them (RSS swings by up to 15 MB from one trial to the next, so
+    # two single trials do not decide): +12 MB measured alone. When each trial's training graph stayed in
+    # TensorFlow's gradient registry, two single trials gave +44 to +51.
+    growth = np.polyfit(np.arange(18), rss[2:], 1)[0] * 17
+    assert len(rss) == 20 and growth < 20, rss
 
 
 @pytest.mark.slow

@@ -220,7 +220,8 @@ def _prepare(job):
     job.test_images = _test_set(job.image_data, shape, config.test_samples)
     job.calibration = (calibration_images(job.image_data, shape, config.calibration_samples)
                        if "int8" in job.tflite else None)
-    job.card = tflite_export.card(job.name, job.class_names, shape, job.run_dir, config.author, config.license)
+    run_name = os.path.basename(os.path.normpath(job.run_dir)) if job.run_dir else None
+    job.card = tflite_export.card(job.name, job.class_names, shape, run_name, config.author, config.license)
     job.phone = tflite_export.mobile_model(job.rebuild) if job.tflite else job.rebuild
 
 

@@ -11,7 +11,6 @@
   is within the allowed accuracy drop.
 """
 import contextlib
-import os
 import re
 import warnings
 
@@ -144,15 +143,16 @@ def _debugger_warnings_off():
         yield
 
 
-def card(name, class_names, shape, run_dir, author, license):
-    """What the TFLite metadata says about the model: description, author, licence, version."""
-    return {"description": _description(name, class_names, shape, run_dir), "author": author, "license": license,
-            "version": os.path.basename(os.path.normpath(run_dir)) if run_dir else "1"}
+def card(name, class_names, shape, run_name, author, license):
+    """What the TFLite metadata says about the model: description, author, licence, and as its version the name of
+    the run folder it was trained in (`run_name`; "1" for a model object)."""
+    return {"description": _description(name, class_names, shape, run_name), "author": author, "license": license,
+            "version": run_name or "1"}
 
 
-def _description(name, class_names, shape, run_dir):
+def _description(name, class_names, shape, run_name):
     height, width, _ = shape
-    source = f" ({os.path.basename(os.path.normpath(run_dir))})" if run_dir else ""
+    source = f" ({run_name})" if run_name else ""
     return (f"{name}{source}: a keras-cnn image classifier of {len(class_names)} classes; takes {height}x{width} "
             "RGB images with raw pixel values, gives class probabilities.")
 
