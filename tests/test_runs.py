@@ -83,15 +83,7 @@ def test_a_run_folder_written_before_runs_existed_reads_unchanged(run_dir, tmp_p
     assert keras_cnn.evaluate(str(folder)).num_examples == keras_cnn.load_data("digits").sizes["test"]
 
 
-def test_a_folder_is_opened_without_asking_the_checkpoints(trained, monkeypatch):
-    def asked(source):
-        raise AssertionError(f"asked whether {source!r} is a checkpoint")
-
-    monkeypatch.setattr(runs.checkpoints, "is_checkpoint_spec", asked)
-    assert runs.load(trained.path).config == runs.open_run(trained.path).config == trained.config
-
-
-def test_export_takes_the_precision_a_run_recorded_else_reads_its_model(trained, tmp_path):
+def test_export_reports_the_precision_the_model_was_trained_under(trained, tmp_path):
     unrecorded = runs.Run(trained.path, {k: v for k, v in trained.config.items() if k != "precision"},
                           trained.class_names, trained.model)
     report = keras_cnn.export(unrecorded, tmp_path, formats="tflite", quantize="float32", test_samples=50,

@@ -68,8 +68,7 @@ def load_artifact(path):
     SavedModel folder, `.tflite` or `.onnx`."""
     from keras_cnn.artifacts import runs
 
-    # only a name that is no file or folder can be a checkpoint (`checkpoints.is_checkpoint_spec`): asked of no other
-    if isinstance(path, runs.Run) or (not os.path.exists(str(path)) and checkpoints.is_checkpoint_spec(path)):
+    if isinstance(path, runs.Run) or checkpoints.is_checkpoint_spec(path):
         run = runs.as_run(path)
         return keras_artifact(run.model, run.class_names, run.path)
     path = str(path)

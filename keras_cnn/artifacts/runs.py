@@ -132,7 +132,7 @@ class Run:
 def open_run(path):
     """The `Run` of the folder `path` (or of its config.json, or of a shipped checkpoint "model:dataset") with its
     config and class names, without the model."""
-    path = _folder(path)
+    path = checkpoint_folder(path) if checkpoints.is_checkpoint_spec(path) else str(path)
     if os.path.basename(path) == CONFIG_FILE and os.path.isfile(path):
         path = os.path.dirname(path) or "."
     run = Run(path)
@@ -150,7 +150,7 @@ def open_run(path):
 def load(run_dir):
     """Load a run folder written by `keras_cnn.train` (or a shipped checkpoint, "model:dataset"): a `Run` with its
     model, class names and config."""
-    run_dir = _folder(run_dir)
+    run_dir = checkpoint_folder(run_dir) if checkpoints.is_checkpoint_spec(run_dir) else str(run_dir)
     received = f"Received: run_dir={run_dir!r}"
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run folder not found: {run_dir}. {received}")
@@ -169,14 +169,6 @@ def as_run(source):
             source.load_model()
         return source
     return load(source)
-
-
-def _folder(source):
-    """The folder a run source names, as a str: a path, or for a shipped checkpoint ("model:dataset") its folder,
-    made on first use. A folder that exists is never a checkpoint (`checkpoints.is_checkpoint_spec`), so it is
-    taken as it is, without asking the checkpoints."""
-    path = str(source)
-    return checkpoint_folder(source) if not os.path.isdir(path) and checkpoints.is_checkpoint_spec(source) else path
 
 
 def checkpoint_folder(spec):

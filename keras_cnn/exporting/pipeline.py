@@ -170,8 +170,7 @@ def _source(source, data, class_names):
     """(model, name, class names, `Run` or None, precision, ImageData or None) of a run (folder) or model.
 
     Class names come from `class_names`, else the run, else the data; a bare model gets numbers only for
-    formats that do not carry labels (TFLite metadata packs them: `tflite_metadata.check_class_names`). The
-    precision is the one a run's config.json recorded it trained under, else read off the model's layers."""
+    formats that do not carry labels (TFLite metadata packs them: `tflite_metadata.check_class_names`)."""
     import keras
 
     from keras_cnn.artifacts import runs
@@ -179,12 +178,12 @@ def _source(source, data, class_names):
     from keras_cnn.training.precision import model_precision
 
     if isinstance(source, keras.Model):
-        model, name, run, precision = source, source.name, None, None
+        model, name, run = source, source.name, None
         image_data = _image_data(data)
     elif runs.is_run(source):
         run = runs.as_run(source)
         model, class_names = run.model, class_names or run.class_names
-        name, precision = run.config.get("model", model.name), run.config.get("precision")
+        name = run.config.get("model", model.name)
         image_data = _image_data(data) if data is not None else _run_data(run)
     else:
         raise ValueError(f"export takes a run (folder) or a keras.Model. Received: source={type(source).__name__}")
@@ -192,7 +191,7 @@ def _source(source, data, class_names):
         check_compatible(model, image_data)
         image_data.report_skipped()
     class_names = class_names or (image_data.class_names if image_data else None)
-    return model, name, class_names, run, precision or model_precision(model), image_data
+    return model, name, class_names, run, model_precision(model), image_data
 
 
 def _image_data(data):
