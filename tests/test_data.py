@@ -3,6 +3,7 @@
 import logging
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -175,6 +176,19 @@ def test_class_weights_balanced():
 
 
 # ---------------------------------------------------------------- folder
+@pytest.mark.parametrize("classes, units, fits", [(3, 3, True), (2, 1, True), (3, 2, False), (2, 3, False)])
+def test_check_fits_takes_a_model_whose_outputs_match_the_classes(classes, units, fits):
+    x, y = np.zeros((classes * 4, 8, 8, 1), np.uint8), np.repeat(np.arange(classes), 4)
+    data = load_data((x, y), val_fraction=0.25, test_fraction=0.25)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(units)])
+    if fits:
+        data.check_fits(model)
+    else:
+        with pytest.raises(ValueError, match=f"predicts {units} classes but arrays has {classes} .* "
+                                             f"Received: num_classes={units}$"):
+            data.check_fits(model)
+
+
 def test_folder_flat_mixed_sizes_and_modes(flat_folder, caplog):
     caplog.set_level(logging.INFO, logger="keras_cnn")
     data = load_data(f"folder:{flat_folder}", val_fraction=0.2, test_fraction=0.2)

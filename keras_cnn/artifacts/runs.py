@@ -132,33 +132,33 @@ class Run:
 def open_run(path):
     """The `Run` of the folder `path` (or of its config.json, or of a shipped checkpoint "model:dataset") with its
     config and class names, without the model."""
-    path = checkpoint_folder(path) if checkpoints.is_checkpoint_spec(path) else str(path)
-    if os.path.basename(path) == CONFIG_FILE and os.path.isfile(path):
-        path = os.path.dirname(path) or "."
-    run = Run(path)
-    received = f"Received: run_dir={path!r}"
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"run folder not found: {path}. {received}")
-    if not run.has_config():
-        raise ValueError(f"{path} is not a keras-cnn run folder: it has no {CONFIG_FILE}. {received}")
-    run.read_config()
-    if os.path.isfile(run.file(LABELS_FILE)):
-        run.read_labels()
-    return run
+    return _opened(path, required=(CONFIG_FILE,))
 
 
 def load(run_dir):
     """Load a run folder written by `keras_cnn.train` (or a shipped checkpoint, "model:dataset"): a `Run` with its
     model, class names and config."""
-    run_dir = checkpoint_folder(run_dir) if checkpoints.is_checkpoint_spec(run_dir) else str(run_dir)
-    received = f"Received: run_dir={run_dir!r}"
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"run folder not found: {run_dir}. {received}")
-    missing = [name for name in REQUIRED_FILES if not os.path.isfile(os.path.join(run_dir, name))]
-    if missing:
-        raise ValueError(f"{run_dir} is not a keras-cnn run folder: it has no {', '.join(missing)}. {received}")
-    run = open_run(run_dir)
+    run = _opened(run_dir, required=REQUIRED_FILES)
     run.load_model()
+    return run
+
+
+def _opened(path, required):
+    """The `Run` of `path` (as `open_run` takes it) with its config and class names read, once its folder holds
+    the `required` files."""
+    path = checkpoint_folder(path) if checkpoints.is_checkpoint_spec(path) else str(path)
+    if os.path.basename(path) == CONFIG_FILE and os.path.isfile(path):
+        path = os.path.dirname(path) or "."
+    received = f"Received: run_dir={path!r}"
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"run folder not found: {path}. {received}")
+    missing = [name for name in required if not os.path.isfile(os.path.join(path, name))]
+    if missing:
+        raise ValueError(f"{path} is not a keras-cnn run folder: it has no {', '.join(missing)}. {received}")
+    run = Run(path)
+    run.read_config()
+    if os.path.isfile(run.file(LABELS_FILE)):
+        run.read_labels()
     return run
 
 

@@ -155,6 +155,14 @@ class ImageData:
         result.update({int(c): float(w) for c, w in zip(present, weights)})
         return result
 
+    def check_fits(self, model):
+        """ValueError unless `model`'s output units fit these classes (one sigmoid unit for two classes)."""
+        units = model.output_shape[-1]
+        if units != self.num_classes and not (units == 1 and self.num_classes == 2):
+            names = f"{', '.join(self.class_names[:5])}{', ...' if self.num_classes > 5 else ''}"
+            raise ValueError(f"the model predicts {units} classes but {self.name} has {self.num_classes} ({names}). "
+                             f"Received: num_classes={units}")
+
     def report_skipped(self, folder=None):
         """Say in one line how many images ``skip_bad_images`` left out: once per ImageData, or with ``folder``
         each time, listing them there, one path a line, in ``SKIPPED_IMAGES_FILE`` (written atomically)."""

@@ -191,7 +191,7 @@ def evaluate(model_or_run, data=None, *, split="test", batch_size=256, out=None,
         data = run.load_data(data) if run else load_data(data)
     data.report_skipped()  # once per data set: training's own evaluation adds no second line
     class_names = run.class_names if run else data.class_names
-    check_compatible(model, data)
+    data.check_fits(model)
     tta = _check_tta(tta)
     dataset = data.pipeline(split, batch_size=batch_size, image_shape=tuple(model.input_shape[1:]))
     levels, labels = predict_levels(model, dataset, tta)
@@ -308,13 +308,3 @@ def _check_tta(tta):
     if tta not in TTA:
         raise ValueError(f"`tta` must be one of {', '.join(TTA_LEVELS)} (or None). Received: tta={tta!r}")
     return tta
-
-
-def check_compatible(model, data):
-    """A model's output units must fit the data's classes (one sigmoid unit for two classes)."""
-    units = model.output_shape[-1]
-    if units != data.num_classes and not (units == 1 and data.num_classes == 2):
-        raise ValueError(f"the model predicts {units} classes but {data.name} has {data.num_classes} "
-                         f"({', '.join(data.class_names[:5])}{', ...' if data.num_classes > 5 else ''}). "
-                         f"Received: num_classes={units}")
-

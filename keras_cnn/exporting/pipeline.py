@@ -174,7 +174,6 @@ def _source(source, data, class_names):
     import keras
 
     from keras_cnn.artifacts import runs
-    from keras_cnn.evaluation.evaluate import check_compatible
     from keras_cnn.training.precision import model_precision
 
     if isinstance(source, keras.Model):
@@ -188,7 +187,7 @@ def _source(source, data, class_names):
     else:
         raise ValueError(f"export takes a run (folder) or a keras.Model. Received: source={type(source).__name__}")
     if image_data is not None:
-        check_compatible(model, image_data)
+        image_data.check_fits(model)
         image_data.report_skipped()
     class_names = class_names or (image_data.class_names if image_data else None)
     return model, name, class_names, run, model_precision(model), image_data

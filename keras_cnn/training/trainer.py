@@ -137,8 +137,6 @@ def _prepare(call):
 def _build_model(call, data, policy):
     """The model built by name at the data's (or the given) input shape, or the model given; checked against the
     data, and against fine-tuning when asked for."""
-    from keras_cnn.evaluation import evaluate as evaluation
-
     model = call.model
     if isinstance(model, str):
         shape = tuple(call.input_shape) if call.input_shape is not None else fit_input_shape(model, data,
@@ -147,7 +145,7 @@ def _build_model(call, data, policy):
                        weights=call.weights, **call.overrides)
         if call.weights is None:  # trained weights are not initialised again
             _initialize_from_data(model, data)
-    evaluation.check_compatible(model, data)
+    data.check_fits(model)
     if call.fine_tune_epochs:
         _fine_tuning(model)
     return model
