@@ -110,8 +110,7 @@ def _measure_on_tensorflow(model, shipping):
     import subprocess
     import sys
 
-    from keras_cnn.utils.files import MODEL_FILE
-    from keras_cnn.utils.io import write_json
+    from keras_cnn.utils.io import MODEL_FILE, write_json
 
     with tempfile.TemporaryDirectory(prefix=".ship-") as folder:
         model.save(os.path.join(folder, MODEL_FILE))
@@ -138,8 +137,7 @@ def _write_raw(path, array):
 
 def _measure_saved(folder):
     """The TensorFlow side of `_measure_on_tensorflow`: measure the model saved in `folder`, write measured.json."""
-    from keras_cnn.utils.files import MODEL_FILE
-    from keras_cnn.utils.io import load_model, write_json
+    from keras_cnn.utils.io import MODEL_FILE, load_model, write_json
 
     with open(os.path.join(folder, "shipping.json")) as handle:
         saved = json.load(handle)

@@ -17,8 +17,7 @@ from typing import Callable
 import numpy as np
 
 from keras_cnn.models import checkpoints
-from keras_cnn.utils.files import LABELS_FILE, read_labels
-from keras_cnn.utils.io import first_line
+from keras_cnn.utils.io import LABELS_FILE, first_line, read_labels
 from keras_cnn.utils.timing import median_seconds
 
 _BATCH = 256  # images per runtime call when predicting many at once

@@ -18,7 +18,7 @@ import json
 import types
 
 from keras_cnn.utils import compat
-from keras_cnn.utils.files import LABELS_FILE, labels_text
+from keras_cnn.utils.io import LABELS_FILE, labels_text
 
 _FIRST_VERSION = (1, 0, 0)  # of the metadata schema; later members raise it (`min_parser_version`)
 

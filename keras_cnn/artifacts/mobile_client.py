@@ -8,8 +8,7 @@ import os
 import numpy as np
 
 from keras_cnn.artifacts import metadata as tflite_metadata
-from keras_cnn.utils.files import LABELS_FILE
-from keras_cnn.utils.io import first_line
+from keras_cnn.utils.io import LABELS_FILE, first_line
 
 NAME = "mediapipe"
 INPUT_TYPES = ("uint8", "float32")  # what ImageClassifier accepts as the model's input tensor

@@ -2,7 +2,7 @@
 
 `keras_cnn.train` writes a run folder and returns its `Run`; `keras_cnn.load`, `evaluate`, `export`,
 `predict` and the CLI take a `Run` or the folder's path. Only this module opens `config.json`; the
-file names are `keras_cnn.utils.files`' and this module's:
+file names are `keras_cnn.utils.io`'s and this module's:
 
     model.keras      the best epoch's model          labels.txt    one class name a line
     config.json      what `train` was called with, the data it used (spec, options, seed), the machine,
@@ -18,8 +18,8 @@ import json
 import os
 
 from keras_cnn.models import checkpoints
-from keras_cnn.utils import files, io
-from keras_cnn.utils.files import CONFIG_FILE, LABELS_FILE, MODEL_FILE, keras_home
+from keras_cnn.utils import io
+from keras_cnn.utils.io import CONFIG_FILE, LABELS_FILE, MODEL_FILE, keras_home
 
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
@@ -86,12 +86,12 @@ class Run:
         io.write_json(self.file(CONFIG_FILE), self.config)
 
     def read_labels(self):
-        self.class_names = files.read_labels(self.file(LABELS_FILE))
+        self.class_names = io.read_labels(self.file(LABELS_FILE))
         return self.class_names
 
     def write_labels(self, class_names):
         self.class_names = list(class_names)
-        io.write_text(self.file(LABELS_FILE), files.labels_text(self.class_names))
+        io.write_labels(self.file(LABELS_FILE), self.class_names)
 
     def write_data_files(self, data):
         """labels.txt of `data` (an `ImageData`) and, when it left undecodable images out, skipped_images.txt

@@ -45,7 +45,6 @@ from keras_cnn.data import image_files
 from keras_cnn.data.image_files import IMAGE_EXTENSIONS, image_header
 from keras_cnn.models.options import positive_int
 from keras_cnn.utils import io
-from keras_cnn.utils.files import SKIPPED_IMAGES_FILE
 
 logger = logging.getLogger("keras_cnn")
 
@@ -165,7 +164,7 @@ class ImageData:
 
     def report_skipped(self, folder=None):
         """Say in one line how many images ``skip_bad_images`` left out: once per ImageData, or with ``folder``
-        each time, listing them there, one path a line, in ``SKIPPED_IMAGES_FILE`` (written atomically)."""
+        each time, listing them there, one path a line, in ``io.SKIPPED_IMAGES_FILE`` (written atomically)."""
         if not self.skipped or (folder is None and self._skips_told):
             return
         count = (f"{self.name}: skipped {len(self.skipped):,} of {sum(self.sizes.values()) + len(self.skipped):,} "
@@ -173,8 +172,8 @@ class ImageData:
         if folder is None:
             logger.warning("%s, e.g. %s", count, self.skipped[0])
         else:
-            io.write_text(os.path.join(folder, SKIPPED_IMAGES_FILE), "".join(f"{file}\n" for file in self.skipped))
-            logger.warning("%s: see %s", count, os.path.join(folder, SKIPPED_IMAGES_FILE))
+            io.write_text(os.path.join(folder, io.SKIPPED_IMAGES_FILE), "".join(f"{file}\n" for file in self.skipped))
+            logger.warning("%s: see %s", count, os.path.join(folder, io.SKIPPED_IMAGES_FILE))
         self._skips_told = True
 
     def _examples(self, split, image_shape):

@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 
 from keras_cnn.models.options import TTA_LEVELS
-from keras_cnn.utils.files import MODEL_FILE
+from keras_cnn.utils.io import MODEL_FILE
 from keras_cnn.utils.progress import Progress
 
 TTA = (None, "flip", "flip+translate")

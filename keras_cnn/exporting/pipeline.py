@@ -54,8 +54,7 @@ from keras_cnn.exporting.config import MAX_TEST_IMAGES, ExportConfig
 from keras_cnn.exporting.report import ExportReport, sidecar
 from keras_cnn.exporting.tflite import ExportError, flex_ops  # noqa: F401  part of this module's interface
 from keras_cnn.exporting.verification import flag, measure, verify
-from keras_cnn.utils.files import LABELS_FILE, MODEL_FILE, labels_text
-from keras_cnn.utils.io import make_folder, write_json, write_text
+from keras_cnn.utils.io import LABELS_FILE, MODEL_FILE, make_folder, write_json, write_labels
 
 AUGMENT_LAYER = "augment"
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
@@ -358,7 +357,7 @@ def _install(artifacts, staging, report, class_names):
         final = os.path.join(report.out_dir, os.path.basename(artifact.path))
         write_json(sidecar_path(artifact.path), sidecar(artifact, final, fmt, quantization, report, class_names))
         files += [artifact.path, sidecar_path(artifact.path)]
-    write_text(os.path.join(staging, LABELS_FILE), labels_text(class_names))
+    write_labels(os.path.join(staging, LABELS_FILE), class_names)
     write_json(os.path.join(staging, REPORT_FILE), report.to_dict())
     for staged in [*files, os.path.join(staging, LABELS_FILE), os.path.join(staging, REPORT_FILE)]:
         _move(staged, os.path.join(report.out_dir, os.path.basename(staged)), staging)

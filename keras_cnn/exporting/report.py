@@ -5,7 +5,7 @@ import os
 
 from keras_cnn.artifacts import metadata as tflite_metadata
 from keras_cnn.artifacts.artifact import SIGNATURE
-from keras_cnn.utils.files import LABELS_FILE
+from keras_cnn.utils.io import LABELS_FILE
 from keras_cnn.utils.tables import format_table
 
 

@@ -155,8 +155,7 @@ def _from_url(url):
     import urllib.parse
 
     from keras_cnn.utils import network
-    from keras_cnn.utils.files import keras_home
-    from keras_cnn.utils.io import first_line
+    from keras_cnn.utils.io import first_line, keras_home
 
     address, _, fragment = url.partition("#")
     file_hash = fragment[len("sha256="):] if fragment.startswith("sha256=") else None

@@ -14,8 +14,7 @@ import warnings
 from keras_cnn.models import options
 from keras_cnn.models.backbones import BACKBONES
 from keras_cnn.utils import network
-from keras_cnn.utils.files import MODEL_FILE, keras_home
-from keras_cnn.utils.io import first_line, load_model
+from keras_cnn.utils.io import MODEL_FILE, first_line, keras_home, load_model
 
 logger = logging.getLogger("keras_cnn")
 

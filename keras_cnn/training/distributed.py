@@ -368,11 +368,10 @@ def open_run(processes, call, opener):
 
 def _private_run(processes, call, opener):
     """The run folder of a process other than 0: a temporary folder, a copy of the real one when resuming."""
-    from keras_cnn.utils.files import CONFIG_FILE
 
     out = call.out
-    if call.resume and not os.path.isfile(os.path.join(out, CONFIG_FILE)):
-        raise ValueError(f"process {processes.index} cannot read {out}/{CONFIG_FILE}: with --resume every process "
+    if call.resume and not os.path.isfile(os.path.join(out, io.CONFIG_FILE)):
+        raise ValueError(f"process {processes.index} cannot read {out}/{io.CONFIG_FILE}: with --resume every process "
                          "reads the run folder's backup, so --out must be on a file system every process sees (the "
                          f"same machine, or a shared mount). Received: out={out!r}")
     _remove_abandoned()
