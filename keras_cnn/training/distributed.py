@@ -368,7 +368,6 @@ def open_run(processes, call, opener):
 
 def _private_run(processes, call, opener):
     """The run folder of a process other than 0: a temporary folder, a copy of the real one when resuming."""
-
     out = call.out
     if call.resume and not os.path.isfile(os.path.join(out, io.CONFIG_FILE)):
         raise ValueError(f"process {processes.index} cannot read {out}/{io.CONFIG_FILE}: with --resume every process "

@@ -22,6 +22,7 @@ MODEL_FILE = "model.keras"  # a run folder's trained model
 LABELS_FILE = "labels.txt"  # one class name a line, in the model's output order
 CONFIG_FILE = "config.json"  # how a run folder was made
 SKIPPED_IMAGES_FILE = "skipped_images.txt"  # the images `load_data(skip_bad_images=True)` left out, one a line
+
 # What `atomic_path` names its temporaries: ".<final name>.<8 random characters><extension or .tmp>".
 _TEMPORARY = re.compile(r"\.(?P<base>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)")
 
@@ -125,6 +126,7 @@ def read_labels(path):
 
 
 def write_labels(path, class_names):
+    """Write `class_names` as a labels file (`LABELS_FILE`) at `path`, atomically."""
     write_text(path, labels_text(class_names))
 
 
